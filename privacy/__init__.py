@@ -1,0 +1,1 @@
+"""Privacy accounting, budget ledger, audit report and key helpers."""

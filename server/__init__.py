@@ -1,0 +1,1 @@
+"""Server side of fedlora: round planning, strategy, secure aggregation, checkpoints."""

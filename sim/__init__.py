@@ -1,0 +1,1 @@
+"""Command line, simulation driver, partitioning, results and plots."""

@@ -1,0 +1,459 @@
+"""The ``fedlora`` command: one entry point, one subcommand per job.
+
+Flags are parsed here into frozen configuration dataclasses and handed to the job; no module
+below this one reads flags or environment variables. Errors the user can fix (bad data,
+impossible settings) end with one clear line and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from client.data_loading import DataConfig, DataValidationError
+from client.dp_training import DPConfig, TrainConfig
+from client.model import LORA_VARIANTS, ModelConfig
+from client.redaction import RedactionConfig
+from client.run_settings import RunSettings
+from client.synthetic import SyntheticConfig
+from sim.partitioning import PartitionScheme
+from sim.simulation import SimConfig
+from sim.train_job import TrainJobConfig, run_train_job
+
+EPILOG_TRAIN = """\
+examples:
+  # DP fine-tuning on the embedded generated data (bank + hospital), ε=8:
+  fedlora train --out runs/train
+  # your own CSV, fixed label set, separate test file, PII scrubbed first:
+  fedlora train --data notes.csv --eval notes_test.csv --text-column note \\
+      --label-column triage --labels-file labels.txt --redact --epsilon 3 --out runs/ward7
+  # the non-private baseline:
+  fedlora train --data notes.csv --no-dp --out runs/baseline
+
+privacy: ε is record-level (ε, δ)-DP under add/remove-one adjacency with Poisson sampling,
+computed by Opacus' PRV accountant from the recorded steps (RDP reported alongside). The
+noise multiplier is calibrated so that the planned epochs land at --epsilon, unless
+--noise-multiplier fixes it. δ defaults to min(1e-5, 1/N).
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _read_lines(path: Path, what: str) -> tuple[str, ...]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read {what}: {exc}") from exc
+    values = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    if not values:
+        raise ValueError(f"{path}: no {what} found (one per line)")
+    return values
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune on one institution's data (DP-SGD), the centralized baseline",
+        description="Fine-tune a LoRA adapter with DP-SGD on one institution's CSV/JSONL data.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=_HelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path, help="CSV/TSV/JSONL file (default: embedded data)")
+    held = data.add_mutually_exclusive_group()
+    held.add_argument("--eval", type=Path, dest="eval_data", help="separate evaluation file")
+    held.add_argument(
+        "--eval-fraction", type=float, default=0.2, help="stratified hold-out share of --data"
+    )
+    data.add_argument("--text-column", default="text")
+    data.add_argument("--label-column", default="label")
+    data.add_argument("--id-column", help="column of unique record ids (checked if given)")
+    labels = data.add_mutually_exclusive_group()
+    labels.add_argument("--labels", help="comma-separated label set (default: inferred)")
+    labels.add_argument("--labels-file", type=Path, help="label set, one per line")
+    data.add_argument("--redact", action="store_true", help="scrub PII before tokenization")
+    data.add_argument("--redact-names", type=Path, help="file of person names to scrub")
+
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--model", default="default", help="'default' (all-MiniLM-L6-v2), 'tiny', HF id or path"
+    )
+    model.add_argument("--lora", choices=LORA_VARIANTS, default="ffa")
+    model.add_argument("--lora-rank", type=int, default=8)
+    model.add_argument("--lora-alpha", type=int, default=16)
+    model.add_argument("--target-modules", default="query,value", help="comma-separated")
+    model.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+
+    priv = p.add_argument_group("differential privacy")
+    priv.add_argument("--epsilon", type=float, default=8.0, help="target ε of the whole run")
+    priv.add_argument("--delta", type=float, help="δ (default: min(1e-5, 1/N))")
+    priv.add_argument("--noise-multiplier", type=float, help="fix σ instead of calibrating")
+    priv.add_argument("--clip-norm", type=float, default=1.0, help="per-sample clipping norm C")
+    priv.add_argument("--no-dp", action="store_true", help="train without DP (baseline)")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=3)
+    opt.add_argument("--batch-size", type=int, default=64, help="expected (Poisson) batch size")
+    opt.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
+    opt.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    opt.add_argument("--seed", type=int, default=0, help="seed of model init and data split")
+    opt.add_argument(
+        "--noise-seed",
+        type=int,
+        help="seed DP sampling and noise (reproducible experiments only; default: OS entropy)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="write the embedded generated data set to a file",
+        description="Generate the embedded data set (bank support messages, hospital triage "
+        "notes, several institutions with skewed label mixes, PII-like strings) to CSV/JSONL.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="output .csv or .jsonl file")
+    p.add_argument("--domains", default="bank,hospital", help="comma-separated: bank,hospital")
+    p.add_argument("--institutions-per-domain", type=int, default=3)
+    p.add_argument("--examples-per-institution", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+
+
+EPILOG_SIM = """\
+examples:
+  # the main job: 6 institutions (3 banks, 3 hospitals) of the embedded data, DP ε=8 each:
+  fedlora sim --out runs/sim
+  # a research grid point: 10 nodes, Dirichlet non-IID, 5 sampled per round, ε=3:
+  fedlora sim --data intents.csv --text-column text --label-column category \\
+      --nodes 10 --partition dirichlet:0.5 --nodes-per-round 5 --rounds 10 --epsilon 3 \\
+      --out runs/d05
+  # scale test: 100 nodes, tiny model, 10 per round:
+  fedlora sim --model tiny --nodes 100 --nodes-per-round 10 --partition iid --out runs/scale
+  # continue an interrupted run:
+  fedlora sim --out runs/sim --resume
+
+outputs in --out: metrics.json, adapter/ (final global adapter), checkpoint/, ledgers/
+(each node's privacy ledger), accuracy.png, epsilon.png, partitions/ and test.csv.
+
+privacy: every node calibrates its own noise so that taking part in all planned rounds lands
+exactly on its ε budget (record-level (ε, δ)-DP, add/remove-one adjacency, Poisson sampling,
+PRV accountant); it records each spend in its ledger before its update leaves it.
+"""
+
+
+def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="simulate a federation of institutions on this machine (the main job)",
+        description="Simulate N institutions fine-tuning one adapter with federated DP-LoRA "
+        "rounds, through Flower's simulation runtime (Ray).",
+        epilog=EPILOG_SIM,
+        formatter_class=_HelpFormatter,
+    )
+    fed = p.add_argument_group("federation")
+    fed.add_argument(
+        "--nodes", type=int, help="number of institutions (default: 6, or from natural:)"
+    )
+    fed.add_argument("--nodes-per-round", type=int, default=0, help="sampled per round; 0 = all")
+    fed.add_argument("--rounds", type=int, default=5)
+    fed.add_argument(
+        "--partition",
+        default=None,
+        help="iid | dirichlet:ALPHA | pathological:K | natural:COLUMN "
+        "(default: natural:institution on the embedded data, else dirichlet:0.5)",
+    )
+    fed.add_argument("--weighting", choices=("uniform", "examples"), default="uniform")
+    fed.add_argument("--server-lr", type=float, default=1.0, help="server learning rate")
+    fed.add_argument("--round-timeout", type=float, default=3600.0, help="seconds per round")
+    fed.add_argument("--test-fraction", type=float, default=0.2, help="server-held test share")
+    fed.add_argument("--cpus-per-node", type=float, default=1.0, help="Ray CPUs per node actor")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path, help="CSV/TSV/JSONL file (default: embedded data)")
+    data.add_argument("--text-column", default="text")
+    data.add_argument("--label-column", default="label")
+    labels = data.add_mutually_exclusive_group()
+    labels.add_argument("--labels", help="comma-separated label set (default: inferred)")
+    labels.add_argument("--labels-file", type=Path, help="label set, one per line")
+
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--model", default="default", help="'default' (all-MiniLM-L6-v2), 'tiny', HF id or path"
+    )
+    model.add_argument("--lora", choices=LORA_VARIANTS, default="ffa")
+    model.add_argument("--lora-rank", type=int, default=8)
+    model.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+
+    priv = p.add_argument_group("differential privacy (per node)")
+    priv.add_argument("--epsilon", type=float, default=8.0, help="each node's total ε budget")
+    priv.add_argument("--delta", type=float, help="δ (default: min(1e-5, 1/N) per node)")
+    priv.add_argument("--clip-norm", type=float, default=1.0)
+    priv.add_argument("--no-dp", action="store_true", help="train without DP (baseline)")
+
+    opt = p.add_argument_group("local optimisation")
+    opt.add_argument("--local-epochs", type=int, default=1)
+    opt.add_argument("--batch-size", type=int, default=32, help="expected (Poisson) batch size")
+    opt.add_argument("--lr", type=float, default=5e-3, help="local Adam learning rate")
+    opt.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    opt.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedlora`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="fedlora",
+        description="Privacy-preserving federated LoRA fine-tuning: Flower rounds, Opacus "
+        "DP-SGD on every node, per-node privacy accounting.",
+        formatter_class=_HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_sim_parser(sub)
+    _add_train_parser(sub)
+    _add_data_parser(sub)
+    return parser
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def train_job_from_args(args: argparse.Namespace) -> TrainJobConfig:
+    """Turn ``fedlora train`` flags into a :class:`sim.train_job.TrainJobConfig`."""
+    labels = (
+        _split(args.labels)
+        if args.labels
+        else (_read_lines(args.labels_file, "labels") if args.labels_file else None)
+    )
+    names = _read_lines(args.redact_names, "names") if args.redact_names else ()
+    bf16 = {"auto": None, "on": True, "off": False}[args.bf16]
+    return TrainJobConfig(
+        out=args.out,
+        data=args.data,
+        eval_data=args.eval_data,
+        eval_fraction=args.eval_fraction,
+        data_config=DataConfig(
+            text_column=args.text_column,
+            label_column=args.label_column,
+            id_column=args.id_column,
+            labels=labels,
+        ),
+        redaction=RedactionConfig(enabled=args.redact or bool(names), names=names),
+        model=ModelConfig(
+            model=args.model,
+            lora=args.lora,
+            rank=args.lora_rank,
+            alpha=args.lora_alpha,
+            target_modules=_split(args.target_modules),
+            max_length=args.max_length,
+            seed=args.seed,
+        ),
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            bf16=bf16,
+            noise_seed=args.noise_seed,
+        ),
+        dp=DPConfig(
+            enabled=not args.no_dp,
+            target_epsilon=args.epsilon,
+            delta=args.delta,
+            noise_multiplier=args.noise_multiplier,
+            clip_norm=args.clip_norm,
+        ),
+        split_seed=args.seed,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    job = train_job_from_args(args)
+    bar: tqdm | None = None
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="training", unit="step", file=sys.stderr)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        metrics = run_train_job(job, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if metrics["dp"]:
+        privacy = (
+            f"ε = {metrics['epsilon']:.4f} (δ = {metrics['delta']:.3g}, {metrics['accountant']} "
+            f"accountant; RDP {metrics['epsilon_rdp']:.4f}), "
+            f"σ = {metrics['noise_multiplier']:.4f}, "
+            f"q = {metrics['sample_rate']:.4g}, {metrics['steps']} steps"
+        )
+    else:
+        privacy = "no differential privacy (baseline)"
+    print(
+        f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on "
+        f"{metrics['eval_examples']} held-out examples; {privacy}"
+    )
+    print(f"wrote {job.out / 'metrics.json'} and {job.out / 'adapter'}/")
+    return 0
+
+
+def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Turn ``fedlora sim`` flags into a :class:`sim.simulation.SimConfig`."""
+    labels = (
+        _split(args.labels)
+        if args.labels
+        else (_read_lines(args.labels_file, "labels") if args.labels_file else None)
+    )
+    embedded = args.data is None
+    partition = args.partition or ("natural:institution" if embedded else "dirichlet:0.5")
+    scheme = PartitionScheme.parse(partition)
+    nodes = args.nodes if args.nodes is not None or scheme.kind == "natural" else 6
+    settings = RunSettings(
+        rounds=args.rounds,
+        nodes_per_round=args.nodes_per_round,
+        expected_nodes=max(nodes or 1, args.nodes_per_round, 1),
+        text_column="text" if embedded else args.text_column,
+        label_column="label" if embedded else args.label_column,
+        model=ModelConfig(
+            model=args.model,
+            lora=args.lora,
+            rank=args.lora_rank,
+            max_length=args.max_length,
+            seed=args.seed,
+        ),
+        train=TrainConfig(
+            epochs=args.local_epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            bf16={"auto": None, "on": True, "off": False}[args.bf16],
+        ),
+        dp=DPConfig(
+            enabled=not args.no_dp,
+            target_epsilon=args.epsilon,
+            delta=args.delta,
+            clip_norm=args.clip_norm,
+        ),
+        server_learning_rate=args.server_lr,
+        weighting=args.weighting,
+        round_timeout=args.round_timeout,
+        resume=args.resume,
+        send_train_loss=True,
+    )
+    return SimConfig(
+        out=args.out,
+        settings=settings,
+        partition=scheme,
+        nodes=nodes,
+        data=args.data,
+        data_config=DataConfig(
+            text_column=args.text_column, label_column=args.label_column, labels=labels
+        ),
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        cpus_per_node=args.cpus_per_node,
+    )
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from sim.simulation import launch_simulation, prepare_simulation
+
+    config = sim_config_from_args(args)
+    prepared = prepare_simulation(config)
+    record = launch_simulation(prepared, config.cpus_per_node)
+    final = record["final"] or {}
+    initial = record.get("initial") or {}
+    print()
+    if final.get("accuracy") is not None:
+        print(
+            f"final accuracy {final['accuracy']:.4f} (macro-F1 {final['macro_f1']:.4f}) on the "
+            f"server's test split; before training {initial.get('accuracy', float('nan')):.4f}"
+        )
+    print(f"completed rounds: {final.get('completed_rounds', 0)} of {config.settings.rounds}")
+    for name, eps in sorted(final.get("epsilon", {}).items()):
+        print(
+            f"  {name}: ε = {eps:.4f} (PRV accountant, budget {config.settings.dp.target_epsilon})"
+        )
+    for name, info in sorted(record.get("stopped_nodes", {}).items()):
+        print(f"  {name}: stopped at round {info['round']}: {info['reason']}")
+    print(f"wrote {config.out}/metrics.json, adapter/, ledgers/, accuracy.png, epsilon.png")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from client.synthetic import generate_records, write_csv, write_jsonl
+
+    config = SyntheticConfig(
+        domains=_split(args.domains),
+        institutions_per_domain=args.institutions_per_domain,
+        examples_per_institution=args.examples_per_institution,
+        seed=args.seed,
+    )
+    rows = generate_records(config)
+    suffix = args.out.suffix.lower()
+    if suffix == ".csv":
+        write_csv(rows, args.out)
+    elif suffix in (".jsonl", ".json"):
+        write_jsonl(rows, args.out)
+    else:
+        raise ValueError(f"{args.out}: use a .csv or .jsonl file name")
+    print(f"wrote {len(rows)} records to {args.out}")
+    return 0
+
+
+COMMANDS = {"sim": _cmd_sim, "train": _cmd_train, "data": _cmd_data}
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter that says nothing to a fedlora user (our own output stays)."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    for message in (
+        "Secure RNG turned off",  # documented in README: OS-seeded generator, no torchcsprng
+        ".*is_gradient_checkpointing.*",
+        "Full backward hook is firing",
+        "Optimal order is .*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*run_simulation.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedlora`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except DataValidationError as exc:
+        print(f"fedlora {args.command}: data error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"fedlora {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedlora {args.command}: interrupted; outputs already written are complete")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""``fedlora sim``: many institutions on one machine through Flower's simulation runtime.
+
+The driver loads one data set (a file or the embedded generated one), holds out a stratified
+test split for the server, partitions the rest into nodes with flwr-datasets, writes each
+node's share to its own file (as a real node would have), and runs the same ServerApp and
+ClientApp that a deployment runs, on Ray. Whatever it starts it stops: Ray is shut down and
+leftover child processes are terminated on success, error and Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.data_loading import DataConfig, LabelledTexts, load_labelled_texts
+from client.run_settings import RunSettings
+from client.synthetic import SyntheticConfig, generate_records, labels_for, write_csv
+from sim.partition_files import INDEX_FILE, write_partition_files
+from sim.partitioning import PartitionScheme, partition_records
+from sim.plots import plot_accuracy, plot_epsilon
+from sim.splits import stratified_split
+
+TEST_FILE = "test.csv"
+PARTITIONS_DIR = "partitions"
+LEDGERS_DIR = "ledgers"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A simulation, resolved from ``fedlora sim`` flags.
+
+    Parameters
+    ----------
+    out
+        Output directory.
+    settings
+        The federated run's settings (labels, out/test/partition dirs are filled in by
+        :func:`prepare_simulation`).
+    partition
+        How records are split into nodes.
+    nodes
+        Number of nodes (``None`` with ``natural:`` partitioning: one per value).
+    data
+        Data file; ``None`` uses the embedded generated data.
+    data_config
+        Columns and (optional) fixed label set of ``data``.
+    synthetic
+        Generator settings of the embedded data.
+    test_fraction
+        Stratified share held out as the server's test split.
+    seed
+        Seed of the split and the partitioner.
+    cpus_per_node
+        CPU cores each simulated node's Ray actor reserves.
+    """
+
+    out: Path
+    settings: RunSettings
+    partition: PartitionScheme
+    nodes: int | None = None
+    data: Path | None = None
+    data_config: DataConfig = DataConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    test_fraction: float = 0.2
+    seed: int = 0
+    cpus_per_node: float = 1.0
+
+
+@dataclass(frozen=True)
+class PreparedSimulation:
+    """Files written and settings resolved; ready to launch."""
+
+    settings: RunSettings
+    node_names: tuple[str, ...]
+    out: Path
+
+
+def _load_source(config: SimConfig) -> LabelledTexts:
+    if config.data is None:
+        path = config.out / "data" / "embedded.csv"
+        write_csv(generate_records(config.synthetic), path)
+        data_config = dataclasses.replace(
+            config.data_config,
+            text_column="text",
+            label_column="label",
+            id_column="id",
+            labels=config.data_config.labels or labels_for(config.synthetic.domains),
+        )
+        return load_labelled_texts(path, data_config)
+    return load_labelled_texts(config.data, config.data_config)
+
+
+def _write_test_file(
+    path: Path, data: LabelledTexts, indices: np.ndarray, columns: tuple[str, str]
+) -> None:
+    rows = [(data.texts[i], data.labels[data.label_ids[i]]) for i in indices]
+    write_partition_files(path.parent, [path.stem], [rows], *columns)
+    (path.parent / INDEX_FILE).unlink()  # the test file is no node's partition
+
+
+def prepare_simulation(config: SimConfig, log: Callable[[str], None] = print) -> PreparedSimulation:
+    """Load, split and partition the data, and write every node's file.
+
+    On ``--resume`` the files of the interrupted run are reused as they are.
+    """
+    out = config.out
+    partitions = out / PARTITIONS_DIR
+    base = dataclasses.replace(
+        config.settings,
+        out_dir=str(out),
+        test_data=str(out / TEST_FILE),
+        partitions_dir=str(partitions),
+        ledger_dir=str(out / LEDGERS_DIR),
+    )
+    if config.settings.resume:
+        index = json.loads((partitions / INDEX_FILE).read_text(encoding="utf-8"))
+        names = tuple(str(e["node"]) for e in index)
+        labels = tuple(json.loads((out / "labels.json").read_text(encoding="utf-8")))
+        settings = dataclasses.replace(base, labels=labels, expected_nodes=len(names))
+        return PreparedSimulation(_clamp_sampling(settings), names, out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = _load_source(config)
+    train_idx, test_idx = stratified_split(data.label_ids, config.test_fraction, config.seed)
+    columns = (config.settings.text_column, config.settings.label_column)
+    _write_test_file(out / TEST_FILE, data, test_idx, columns)
+    natural = None
+    if config.partition.kind == "natural":
+        natural_all = data.extra_columns.get(config.partition.column)
+        natural = None if natural_all is None else [natural_all[i] for i in train_idx]
+    parts = partition_records(
+        data.label_ids[train_idx]
+        if isinstance(data.label_ids, np.ndarray)
+        else [data.label_ids[i] for i in train_idx],
+        config.partition,
+        config.nodes,
+        config.seed,
+        natural_values=natural,
+        min_size=config.settings.train.batch_size,
+    )
+    rows = [
+        [(data.texts[train_idx[i]], data.labels[data.label_ids[train_idx[i]]]) for i in p.indices]
+        for p in parts
+    ]
+    names = tuple(p.name for p in parts)
+    write_partition_files(partitions, names, rows, *columns)
+    (out / "labels.json").write_text(json.dumps(list(data.labels)), encoding="utf-8")
+    settings = dataclasses.replace(base, labels=data.labels, expected_nodes=len(parts))
+    sizes = ", ".join(f"{n}={len(p.indices)}" for n, p in zip(names, parts, strict=True))
+    log(
+        f"data: {len(train_idx)} train records in {len(parts)} nodes ({sizes}); "
+        f"{len(test_idx)} held out for the server's test split; {len(data.labels)} labels"
+    )
+    return PreparedSimulation(_clamp_sampling(settings), names, out)
+
+
+def _clamp_sampling(settings: RunSettings) -> RunSettings:
+    if settings.nodes_per_round > settings.expected_nodes:
+        raise ValueError(
+            f"--nodes-per-round {settings.nodes_per_round} exceeds the {settings.expected_nodes} "
+            "nodes of this data set"
+        )
+    return settings
+
+
+def launch_simulation(
+    prepared: PreparedSimulation, cpus_per_node: float = 1.0, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run the federation on Flower's Ray simulation runtime; returns ``metrics.json``.
+
+    Ray and any process it started are stopped before this returns, whatever happens.
+    """
+    from flwr.simulation import run_simulation
+
+    from client.app import make_client_app
+    from server.app import make_server_app
+
+    settings = prepared.settings
+    cpus = max(1, os.cpu_count() or 1)
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": cpus_per_node, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": cpus,
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": False,
+        },
+    }
+    try:
+        run_simulation(
+            server_app=make_server_app(settings, log),
+            client_app=make_client_app(settings),
+            num_supernodes=len(prepared.node_names),
+            backend_config=backend_config,
+        )
+    finally:
+        stop_ray_and_children()
+    record = json.loads((prepared.out / "metrics.json").read_text(encoding="utf-8"))
+    plot_accuracy(record, prepared.out / "accuracy.png")
+    plot_epsilon(record, prepared.out / "epsilon.png")
+    return record
+
+
+def stop_ray_and_children(grace_seconds: float = 10.0) -> list[int]:
+    """Shut Ray down and terminate (then kill) any child process left; returns their PIDs."""
+    import psutil
+
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_seconds)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    return [c.pid for c in children]

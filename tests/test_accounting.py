@@ -1,0 +1,90 @@
+"""Privacy accounting from recorded events."""
+
+from __future__ import annotations
+
+import pytest
+
+from privacy.accounting import (
+    DPEvent,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    default_delta,
+    merge_events,
+)
+
+
+def _pld_epsilon(events, delta):  # type: ignore[no-untyped-def]
+    from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    acc = PLDAccountant()
+    for e in events:
+        acc.compose(
+            PoissonSampledDpEvent(e.sample_rate, GaussianDpEvent(e.noise_multiplier)), e.steps
+        )
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [DPEvent(0.8, 0.01, 300)],
+        [DPEvent(1.1, 0.05, 40), DPEvent(0.9, 0.02, 100)],
+        [DPEvent(2.0, 0.2, 10)] * 5,
+    ],
+)
+def test_prv_agrees_with_pld_and_is_below_rdp(events) -> None:  # type: ignore[no-untyped-def]
+    prv = compute_epsilon(events, 1e-5, "prv")
+    rdp = compute_epsilon(events, 1e-5, "rdp")
+    pld = _pld_epsilon(events, 1e-5)
+    assert abs(prv - pld) / pld < 0.03
+    assert prv <= rdp
+
+
+def test_merging_identical_settings_changes_nothing() -> None:
+    split = [DPEvent(1.0, 0.02, 10)] * 30 + [DPEvent(1.3, 0.02, 50)]
+    merged = merge_events(split)
+    assert merged == [DPEvent(1.0, 0.02, 300), DPEvent(1.3, 0.02, 50)]
+    assert compute_epsilon(split, 1e-5) == compute_epsilon(merged, 1e-5)
+
+
+def test_no_steps_means_no_epsilon() -> None:
+    assert compute_epsilon([], 1e-5) == 0.0
+    assert compute_epsilon([DPEvent(1.0, 0.1, 0)], 1e-5) == 0.0
+
+
+def test_calibration_lands_at_or_below_target() -> None:
+    sigma = calibrate_noise_multiplier(3.0, 1e-5, 0.02, 500)
+    eps = compute_epsilon([DPEvent(sigma, 0.02, 500)], 1e-5)
+    assert 3.0 * 0.98 < eps <= 3.0
+
+
+def test_calibration_refuses_spent_budget() -> None:
+    with pytest.raises(ValueError, match="already spent"):
+        calibrate_noise_multiplier(0.5, 1e-5, 0.1, 10, prior_events=[DPEvent(0.5, 0.5, 100)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"noise_multiplier": 0.0, "sample_rate": 0.1, "steps": 1}, "noise_multiplier"),
+        ({"noise_multiplier": 1.0, "sample_rate": 1.5, "steps": 1}, "sample_rate"),
+        ({"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": -1}, "steps"),
+    ],
+)
+def test_event_validation(kwargs, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        DPEvent(**kwargs)
+
+
+def test_default_delta() -> None:
+    assert default_delta(1000) == 1e-5
+    assert default_delta(50_000) == 1e-5
+    assert default_delta(200_000) == pytest.approx(5e-6)
+    with pytest.raises(ValueError):
+        default_delta(0)
+
+
+def test_unknown_accountant_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown accountant 'gdp'"):
+        compute_epsilon([DPEvent(1.0, 0.1, 1)], 1e-5, "gdp")

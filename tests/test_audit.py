@@ -1,0 +1,435 @@
+"""Ledger verification (tampering of every kind) and the compliance report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import privacy.audit as audit
+from privacy.accounting import DPEvent, compute_epsilon
+from privacy.audit import EpsilonCache, build_report, verify_ledger, write_report
+from privacy.ledger import (
+    GENESIS_HASH,
+    PrivacyLedger,
+    dataset_fingerprint,
+    entry_hash,
+    ledger_public_key_path,
+    make_entry,
+    repair_torn_tail,
+    sign_hash,
+)
+from privacy.signing_keys import public_key_fingerprint
+
+DELTA = 1e-5
+SPENDS = [
+    ("run-a", 0, DPEvent(1.1, 0.02, 20)),
+    ("run-a", 1, DPEvent(1.1, 0.02, 20)),
+    ("run-b", 0, DPEvent(0.9, 0.05, 10)),
+    ("run-b", 1, DPEvent(1.3, 0.02, 30)),
+]
+
+
+@pytest.fixture(scope="module")
+def node_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def cache() -> EpsilonCache:
+    """Recomputed ε shared by the tests of this module (keyed by history, so always valid)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory, node_key: Ed25519PrivateKey) -> Path:
+    path = tmp_path_factory.mktemp("pristine") / "clinic-7.jsonl"
+    ledger = PrivacyLedger(
+        path,
+        node_id="clinic-7",
+        dataset_fingerprint=dataset_fingerprint(["fever", "rash"], ["flu", "measles"]),
+        signing_key=node_key,
+    )
+    for run_id, round_, event in SPENDS:
+        ledger.append_spend(
+            run_id=run_id,
+            round=round_,
+            event=event,
+            clip_norm=1.0,
+            delta=DELTA,
+            budget_epsilon=4.0,
+        )
+    return path
+
+
+@pytest.fixture()
+def ledger_path(tmp_path: Path, pristine: Path) -> Path:
+    """A fresh copy of the 4-entry ledger and its public key, for tampering."""
+    path = tmp_path / pristine.name
+    shutil.copy(pristine, path)
+    shutil.copy(ledger_public_key_path(pristine), ledger_public_key_path(path))
+    return path
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def _rewrite(path: Path, line: int, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    lines = _lines(path)
+    entry = json.loads(lines[line - 1])
+    change(entry)
+    lines[line - 1] = json.dumps(entry, separators=(",", ":")) + "\n"
+    path.write_text("".join(lines))
+    return entry
+
+
+def _expect(result: audit.VerificationResult, kind: str, line: int) -> None:
+    assert not result.ok
+    assert (result.kind, result.line) == (kind, line), result.problem
+    assert result.entries == line - 1
+    assert result.problem is not None and f"line {line}" in result.problem
+
+
+# ---------------------------------------------------------------- an honest ledger
+
+
+def test_honest_ledger_verifies(ledger_path: Path, node_key: Ed25519PrivateKey, cache) -> None:  # type: ignore[no-untyped-def]
+    result = verify_ledger(ledger_path, epsilon_cache=cache)
+    assert result.ok and result.problem is None and result.kind is None
+    assert result.entries == result.lines == len(SPENDS)
+    events = [event for _, _, event in SPENDS]
+    assert result.epsilon == compute_epsilon(events, DELTA, "prv")
+    assert result.epsilon_rdp == compute_epsilon(events, DELTA, "rdp")
+    assert result.delta == DELTA
+    assert result.signatures == "verified"
+    assert result.key_fingerprint == public_key_fingerprint(node_key.public_key())
+    assert result.final_hash == json.loads(_lines(ledger_path)[-1])["hash"]
+
+
+def test_without_a_public_key_signatures_are_unchecked(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+    ledger_public_key_path(ledger_path).unlink()
+    result = verify_ledger(ledger_path, epsilon_cache=cache)
+    assert result.ok and result.signatures == "unchecked" and result.key_fingerprint is None
+
+
+def test_epsilon_cache_avoids_recomputation(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache: EpsilonCache = {}
+    assert verify_ledger(ledger_path, epsilon_cache=cache).ok
+    assert len(cache) == len(SPENDS)  # every entry's merged history is new
+
+    def refuse(*args: object, **kwargs: object) -> float:
+        raise AssertionError("compute_epsilon called despite a cached history")
+
+    monkeypatch.setattr(audit, "compute_epsilon", refuse)
+    assert verify_ledger(ledger_path, epsilon_cache=cache).ok
+
+
+def test_parallel_workers_give_the_same_result(ledger_path: Path) -> None:
+    serial = verify_ledger(ledger_path, epsilon_cache={})
+    parallel = verify_ledger(ledger_path, workers=2, epsilon_cache={})
+    assert parallel == serial
+
+
+# ---------------------------------------------------------------- tampering
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("epsilon", lambda v: v / 2),
+        ("epsilon_rdp", lambda v: v + 0.5),
+        ("steps", lambda v: v + 1),
+        ("noise_multiplier", lambda v: v + 0.5),
+        ("sample_rate", lambda v: v / 2),
+        ("clip_norm", lambda v: v * 2),
+        ("delta", lambda v: v / 10),
+        ("budget_epsilon", lambda v: v * 10),
+        ("timestamp", lambda v: "2020-01-01T00:00:00.000000+00:00"),
+        ("run_id", lambda v: v + "-x"),
+        ("round", lambda v: v + 7),
+        ("node_id", lambda v: "someone-else"),
+        ("prev_hash", lambda v: "f" * 64),
+    ],
+)
+@pytest.mark.parametrize("line", [1, 2, 4])
+def test_editing_any_field_is_detected(  # type: ignore[no-untyped-def]
+    ledger_path: Path, field: str, change: Callable[[Any], Any], line: int, cache
+) -> None:
+    _rewrite(ledger_path, line, lambda entry: entry.__setitem__(field, change(entry[field])))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "edited", line)
+
+
+def test_deleting_a_middle_entry_is_detected(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+    lines = _lines(ledger_path)
+    ledger_path.write_text("".join(lines[:1] + lines[2:]))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "deleted", 2)
+
+
+def test_deleting_the_first_entry_is_detected(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+    ledger_path.write_text("".join(_lines(ledger_path)[1:]))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "deleted", 1)
+
+
+@pytest.mark.parametrize(("first", "second"), [(1, 2), (2, 3), (3, 4), (1, 4)])
+def test_swapping_two_entries_is_detected(  # type: ignore[no-untyped-def]
+    ledger_path: Path, first: int, second: int, cache
+) -> None:
+    lines = _lines(ledger_path)
+    lines[first - 1], lines[second - 1] = lines[second - 1], lines[first - 1]
+    ledger_path.write_text("".join(lines))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "reordered", first)
+
+
+def test_a_repeated_entry_is_detected(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+    lines = _lines(ledger_path)
+    ledger_path.write_text("".join(lines[:3] + lines[2:]))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "reordered", 4)
+
+
+def test_a_signature_by_another_key_is_detected(ledger_path: Path, node_key, cache) -> None:  # type: ignore[no-untyped-def]
+    other = Ed25519PrivateKey.generate()
+    _rewrite(ledger_path, 3, lambda e: e.__setitem__("signature", sign_hash(e["hash"], other)))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "bad_signature", 3)
+    explicit = verify_ledger(ledger_path, node_key.public_key(), epsilon_cache=cache)
+    _expect(explicit, "bad_signature", 3)
+
+
+@pytest.mark.parametrize("garbage", ["", "not base64!", "QUJD", "A" * 88])
+def test_a_garbage_signature_is_detected(ledger_path: Path, garbage: str, cache) -> None:  # type: ignore[no-untyped-def]
+    _rewrite(ledger_path, 2, lambda entry: entry.__setitem__("signature", garbage))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "bad_signature", 2)
+
+
+def test_truncation_mid_line_is_a_torn_tail_that_repair_fixes(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+    data = ledger_path.read_bytes()
+    ledger_path.write_bytes(data[: len(data) - 60])
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "torn_tail", len(SPENDS))
+    assert repair_torn_tail(ledger_path) > 0
+    repaired = verify_ledger(ledger_path, epsilon_cache=cache)
+    assert repaired.ok and repaired.entries == len(SPENDS) - 1
+
+
+def test_a_malformed_middle_line_is_not_a_torn_tail(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+    lines = _lines(ledger_path)
+    lines[1] = lines[1][:40] + "\n"
+    ledger_path.write_text("".join(lines))
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "malformed", 2)
+    assert repair_torn_tail(ledger_path) == 0
+
+
+def _forge_epsilon(path: Path, line: int, signer: Ed25519PrivateKey) -> None:
+    """Lower ε on ``line``, recompute its hash and re-sign it: a consistent-looking forgery."""
+
+    def forge(entry: dict[str, Any]) -> None:
+        entry["epsilon"] = entry["epsilon"] / 2
+        entry["hash"] = entry_hash(entry)
+        entry["signature"] = sign_hash(entry["hash"], signer)
+
+    _rewrite(path, line, forge)
+
+
+def test_forged_epsilon_resigned_with_another_key(ledger_path: Path, node_key, cache) -> None:  # type: ignore[no-untyped-def]
+    forger = Ed25519PrivateKey.generate()
+    _forge_epsilon(ledger_path, len(SPENDS), forger)
+    result = verify_ledger(ledger_path, node_key.public_key(), epsilon_cache=cache)
+    _expect(result, "bad_signature", len(SPENDS))
+
+
+def test_a_rebuilt_chain_fails_on_the_key_or_on_epsilon(  # type: ignore[no-untyped-def]
+    ledger_path: Path, node_key, cache
+) -> None:
+    # The forger lowers ε on line 2, then rebuilds every hash, re-signs every line with
+    # their own key and swaps the public key beside the ledger: internally consistent.
+    forger = Ed25519PrivateKey.generate()
+    prev = GENESIS_HASH
+    lines = []
+    for number, line in enumerate(_lines(ledger_path), start=1):
+        entry = json.loads(line)
+        if number == 2:
+            entry["epsilon"] = entry["epsilon"] / 2
+        entry["prev_hash"] = prev
+        entry["hash"] = prev = entry_hash(entry)
+        entry["signature"] = sign_hash(entry["hash"], forger)
+        lines.append(json.dumps(entry) + "\n")
+    ledger_path.write_text("".join(lines))
+    ledger_public_key_path(ledger_path).write_bytes(
+        forger.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    _expect(
+        verify_ledger(ledger_path, node_key.public_key(), epsilon_cache=cache), "bad_signature", 1
+    )
+    _expect(verify_ledger(ledger_path, epsilon_cache=cache), "epsilon_mismatch", 2)
+
+
+def test_node_recording_a_wrong_epsilon_is_caught(ledger_path: Path, node_key, cache) -> None:  # type: ignore[no-untyped-def]
+    # The key holder itself signs an understated ε: only recomputation can catch that.
+    _forge_epsilon(ledger_path, len(SPENDS), node_key)
+    result = verify_ledger(ledger_path, epsilon_cache=cache)
+    _expect(result, "epsilon_mismatch", len(SPENDS))
+    assert result.epsilon == json.loads(_lines(ledger_path)[-2])["epsilon"]
+
+
+def test_prv_above_rdp_is_reported(tmp_path: Path, node_key: Ed25519PrivateKey) -> None:
+    path = tmp_path / "odd.jsonl"
+    event = DPEvent(1.0, 0.05, 10)
+    prv = compute_epsilon([event], DELTA, "prv")
+    entry = make_entry(
+        prev_hash=GENESIS_HASH,
+        node_id="odd",
+        dataset_fingerprint=dataset_fingerprint(["a"], ["b"]),
+        run_id="r",
+        round=0,
+        event=event,
+        clip_norm=1.0,
+        delta=DELTA,
+        budget_epsilon=4.0,
+        epsilon=prv,
+        epsilon_rdp=prv,
+        timestamp=datetime.now(timezone.utc),
+        signing_key=node_key,
+    )
+    path.write_text(entry.to_json_line())
+    cache: EpsilonCache = {(((1.0, 0.05, 10),), DELTA): (prv, prv / 2)}  # RDP said smaller
+    result = verify_ledger(path, node_key.public_key(), epsilon_cache=cache)
+    _expect(result, "epsilon_mismatch", 1)
+    assert "RDP" in (result.problem or "")
+
+
+# ---------------------------------------------------------------- a long ledger
+
+
+def _write_ledger(path: Path, key: Ed25519PrivateKey, events: list[DPEvent]) -> None:
+    """A signed, chained ledger of ``events``; ε values computed in two processes."""
+    fingerprint = dataset_fingerprint(["x"], ["y"])
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    histories = audit.event_histories(events)
+    epsilons = audit.recompute_epsilons(histories, DELTA, workers=2)
+    prev, lines = GENESIS_HASH, []
+    for index, (event, history) in enumerate(zip(events, histories, strict=True)):
+        entry = make_entry(
+            prev_hash=prev,
+            node_id="long",
+            dataset_fingerprint=fingerprint,
+            run_id=f"run-{index // 500}",
+            round=index % 500,
+            event=event,
+            clip_norm=1.0,
+            delta=DELTA,
+            budget_epsilon=10.0,
+            epsilon=epsilons[(history, DELTA)][0],
+            epsilon_rdp=epsilons[(history, DELTA)][1],
+            timestamp=start + timedelta(minutes=index),
+            signing_key=key,
+        )
+        lines.append(entry.to_json_line())
+        prev = entry.hash
+    path.write_text("".join(lines))
+
+
+@pytest.mark.slow  # minutes: 1,000 PRV + RDP calls to build, 1,000 more to verify
+def test_a_thousand_entry_ledger_verifies_and_tampering_deep_inside_shows(
+    tmp_path: Path, node_key: Ed25519PrivateKey
+) -> None:
+    events = [DPEvent(2.0, 0.01, 1)] * 900 + [DPEvent(1.5, 0.02, 1)] * 100
+    path = tmp_path / "long.jsonl"
+    _write_ledger(path, node_key, events)
+    cache: EpsilonCache = {}
+    result = verify_ledger(path, node_key.public_key(), workers=2, epsilon_cache=cache)
+    assert result.ok and result.entries == 1000 and len(cache) == 1000
+    for index in (0, 899, 900, 999):  # spot checks against the accounting module itself
+        expected = compute_epsilon(events[: index + 1], DELTA, "prv")
+        assert result.verified_entries[index].epsilon == expected
+    assert result.epsilon == compute_epsilon(events, DELTA, "prv")
+    _rewrite(path, 777, lambda entry: entry.__setitem__("steps", 2))
+    _expect(verify_ledger(path, node_key.public_key(), epsilon_cache=cache), "edited", 777)
+    _forge_epsilon(path, 777, node_key)  # a signed but understated ε deep inside
+    _expect(
+        verify_ledger(path, node_key.public_key(), epsilon_cache=cache), "epsilon_mismatch", 777
+    )
+
+
+# ---------------------------------------------------------------- the report
+
+
+def test_report_on_an_honest_and_a_tampered_ledger(  # type: ignore[no-untyped-def]
+    tmp_path: Path, ledger_path: Path, pristine: Path, node_key, cache
+) -> None:
+    evil_key = Ed25519PrivateKey.generate()
+    evil = tmp_path / "evil" / "n.jsonl"
+    ledger = PrivacyLedger(
+        evil,
+        node_id='<script>alert("x")</script>',
+        dataset_fingerprint=dataset_fingerprint(["a"], ["b"]),
+        signing_key=evil_key,
+    )
+    for run_id, round_, event in SPENDS[:3]:
+        ledger.append_spend(
+            run_id=run_id + "&<b>",
+            round=round_,
+            event=event,
+            clip_norm=0.5,
+            delta=DELTA,
+            budget_epsilon=0.5,  # overspent: the remaining budget shows 0, never negative
+        )
+    _rewrite(evil, 2, lambda entry: entry.__setitem__("steps", 1))
+    key_file = tmp_path / "clinic.pub.pem"
+    shutil.copy(ledger_public_key_path(pristine), key_file)
+
+    report = build_report([pristine, evil], {"clinic-7": key_file})
+    html_path, json_path = tmp_path / "out" / "report.html", tmp_path / "out" / "report.json"
+    write_report(report, html_path, json_path)
+
+    good, bad = report["nodes"]
+    assert good["verification"]["status"] == "OK" and good["key_source"].startswith("enrolled")
+    assert good["epsilon_spent"] == verify_ledger(pristine, epsilon_cache=cache).epsilon
+    assert good["remaining_budget"] == max(0.0, 4.0 - good["epsilon_spent"])
+    assert good["entries"] == good["rounds"] == 4 and good["runs"] == ["run-a", "run-b"]
+    assert good["total_steps"] == sum(event.steps for _, _, event in SPENDS)
+    assert good["noise_multipliers"] == [0.9, 1.1, 1.3]
+    assert [point[3] for point in good["epsilon_over_time"]] == sorted(
+        point[3] for point in good["epsilon_over_time"]
+    )
+    assert bad["verification"]["status"] == "FAILED"
+    assert (bad["verification"]["kind"], bad["verification"]["line"]) == ("edited", 2)
+    assert bad["entries"] == 1 and bad["epsilon_spent"] > 0.5 and bad["remaining_budget"] == 0.0
+    assert report["all_verified"] is False
+
+    page = html_path.read_text()
+    assert "clinic-7" in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "<script>" not in page and "&<b>" not in page
+    assert page.count('src="data:image/png;base64,') == 2
+    assert "FAILED" in page and "OK" in page
+    assert "add/remove" in page and "Poisson" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(report))
+
+
+def test_report_fails_a_ledger_against_the_wrong_enrolled_key(  # type: ignore[no-untyped-def]
+    tmp_path: Path, pristine: Path
+) -> None:
+    wrong = tmp_path / "wrong.pub.pem"
+    wrong.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    missing = tmp_path / "nowhere.jsonl"
+    report = build_report([pristine, missing], {"clinic-7": wrong})
+    enrolled, absent = report["nodes"]
+    assert enrolled["verification"]["kind"] == "bad_signature"
+    assert absent["verification"]["status"] == "FAILED"
+    assert absent["verification"]["kind"] == "unreadable"
+    write_report(report, tmp_path / "r.html", None)
+    assert "No verified entries" in (tmp_path / "r.html").read_text()

@@ -1,0 +1,121 @@
+"""DP-SGD local training: what changes, what must not, and what ε it reports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from client.dp_training import DPConfig, TrainConfig, plan_steps, train_adapter
+from client.model import ModelConfig, adapter_state, build_model
+from privacy.accounting import DPEvent, compute_epsilon
+
+
+def _train(toy_data, lora="ffa", dp=None, noise_seed=1, epochs=1):  # type: ignore[no-untyped-def]
+    model = build_model(ModelConfig(model="tiny", lora=lora, seed=0), 3)
+    before = adapter_state(model)
+    report = train_adapter(
+        model,
+        toy_data,
+        TrainConfig(epochs=epochs, batch_size=32, learning_rate=1e-2, noise_seed=noise_seed),
+        dp or DPConfig(target_epsilon=4.0),
+    )
+    return before, adapter_state(model), report
+
+
+def _changed(before, after, marker):  # type: ignore[no-untyped-def]
+    return {n: not np.array_equal(before[n], after[n]) for n in before if marker in n}
+
+
+def test_ffa_trains_b_and_head_but_never_a(toy_data) -> None:  # type: ignore[no-untyped-def]
+    before, after, report = _train(toy_data, "ffa")
+    assert report.steps == plan_steps(len(toy_data), 32, 1).steps
+    assert all(_changed(before, after, ".lora_B.").values())
+    assert all(_changed(before, after, "head.").values())
+    a_changed = _changed(before, after, ".lora_A.")
+    assert a_changed and not any(a_changed.values())
+
+
+def test_plain_lora_trains_a_and_b(toy_data) -> None:  # type: ignore[no-untyped-def]
+    before, after, _ = _train(toy_data, "lora")
+    assert all(_changed(before, after, ".lora_A.").values())
+    assert all(_changed(before, after, ".lora_B.").values())
+
+
+def test_noise_seeds_differ_when_sigma_positive(toy_data) -> None:  # type: ignore[no-untyped-def]
+    dp = DPConfig(noise_multiplier=1.0)
+    _, first, _ = _train(toy_data, dp=dp, noise_seed=1)
+    _, second, _ = _train(toy_data, dp=dp, noise_seed=2)
+    _, again, _ = _train(toy_data, dp=dp, noise_seed=1)
+    assert any(not np.array_equal(first[n], second[n]) for n in first)
+    assert all(np.array_equal(first[n], again[n]) for n in first)
+
+
+def test_sigma_zero_is_deterministic_clipped_training(toy_data) -> None:  # type: ignore[no-untyped-def]
+    dp = DPConfig(noise_multiplier=0.0, clip_norm=0.1)
+    _, first, report = _train(toy_data, dp=dp, noise_seed=7)
+    _, second, _ = _train(toy_data, dp=dp, noise_seed=7)
+    assert all(np.array_equal(first[n], second[n]) for n in first)
+    assert report.noise_multiplier == 0.0 and math.isinf(report.epsilon)
+
+
+def test_reported_epsilon_lands_on_target_and_matches_pld(toy_data) -> None:  # type: ignore[no-untyped-def]
+    from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
+    _, _, report = _train(toy_data, dp=DPConfig(target_epsilon=4.0, delta=1e-5), epochs=2)
+    assert report.epsilon <= 4.0
+    assert report.epsilon > 4.0 * 0.95  # calibrated, not wildly over-noised
+    assert report.epsilon <= report.epsilon_rdp
+    (event,) = report.events
+    pld = PLDAccountant()
+    pld.compose(
+        PoissonSampledDpEvent(event.sample_rate, GaussianDpEvent(event.noise_multiplier)),
+        event.steps,
+    )
+    independent = pld.get_epsilon(1e-5)
+    assert abs(report.epsilon - independent) / independent < 0.03
+    assert report.epsilon == pytest.approx(compute_epsilon([event], 1e-5), rel=1e-12)
+
+
+def test_prior_spend_is_composed_and_calibrated_around(toy_data) -> None:  # type: ignore[no-untyped-def]
+    prior = (DPEvent(1.5, 0.1, 20),)
+    model = build_model(ModelConfig(model="tiny"), 3)
+    spent = compute_epsilon(prior, 1e-5)
+    report = train_adapter(
+        model,
+        toy_data,
+        TrainConfig(epochs=1, batch_size=32, noise_seed=0),
+        DPConfig(target_epsilon=spent + 2.0, delta=1e-5),
+        prior_events=prior,
+    )
+    assert spent < report.epsilon <= spent + 2.0
+    assert report.epsilon == pytest.approx(compute_epsilon([*prior, *report.events], 1e-5))
+
+
+def test_no_dp_baseline_reports_no_epsilon(toy_data) -> None:  # type: ignore[no-untyped-def]
+    _, _, report = _train(toy_data, dp=DPConfig(enabled=False))
+    assert not report.dp and not report.events and math.isinf(report.epsilon)
+
+
+def test_too_few_examples_for_batch_is_refused() -> None:
+    with pytest.raises(ValueError, match="fewer than the expected batch size 64"):
+        plan_steps(10, 64, 1)
+
+
+def test_empty_poisson_batches_still_take_a_noisy_step(tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from client.batching import tokenize_texts
+
+    data = tokenize_texts(
+        tiny_tokenizer, ["card lost", "transfer late", "chest pain"] * 2, [0, 1, 2] * 2, 16
+    )
+    model = build_model(ModelConfig(model="tiny"), 3)
+    # q = 1/6 with 6 records: empty batches are common; every step must still be counted.
+    report = train_adapter(
+        model,
+        data,
+        TrainConfig(epochs=4, batch_size=1, noise_seed=3),
+        DPConfig(noise_multiplier=2.0),
+    )
+    assert report.steps == 24

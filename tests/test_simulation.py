@@ -1,0 +1,168 @@
+"""End-to-end federated simulations through Flower's Ray runtime (tiny model, a few nodes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from client.adapter_io import load_adapter
+from client.dp_training import DPConfig, TrainConfig
+from client.model import ModelConfig, adapter_state, build_model
+from client.run_settings import RunSettings
+from client.synthetic import SyntheticConfig
+from privacy.ledger import read_ledger
+from sim.partitioning import PartitionScheme
+from sim.simulation import SimConfig, launch_simulation, prepare_simulation
+
+SMALL_DATA = SyntheticConfig(
+    domains=("bank",), institutions_per_domain=3, examples_per_institution=300, seed=1
+)
+
+
+def _config(out: Path, rounds: int = 2, **settings_changes) -> SimConfig:  # type: ignore[no-untyped-def]
+    settings = RunSettings(
+        rounds=rounds,
+        model=ModelConfig(model="tiny", max_length=48),
+        train=TrainConfig(epochs=1, batch_size=32, learning_rate=2e-2, noise_seed=None),
+        dp=DPConfig(target_epsilon=8.0, clip_norm=1.0),
+        send_train_loss=True,
+    )
+    settings = dataclasses.replace(settings, **settings_changes)
+    return SimConfig(
+        out=out,
+        settings=settings,
+        partition=PartitionScheme.parse("natural:institution"),
+        synthetic=SMALL_DATA,
+        test_fraction=0.2,
+    )
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("sim")
+    before = _children()
+    logs: list[str] = []
+    prepared = prepare_simulation(_config(out), log=logs.append)
+    record = launch_simulation(prepared, log=logs.append)
+    return out, prepared, record, logs, before
+
+
+def test_simulation_trains_and_accounts(finished_run) -> None:  # type: ignore[no-untyped-def]
+    out, prepared, record, logs, _ = finished_run
+    assert prepared.node_names == ("bank_a", "bank_b", "bank_c")
+    assert [r["round"] for r in record["rounds"]] == [1, 2]
+    assert all(r["completed"] for r in record["rounds"])
+    assert record["final"]["accuracy"] > record["initial"]["accuracy"]
+    assert any(line.startswith("round 2/2 | accuracy") for line in logs)
+
+    # the global adapter changed, and only adapter tensors were saved
+    settings = prepared.settings
+    fresh = adapter_state(build_model(settings.model, len(settings.labels)), trainable_only=True)
+    final = load_adapter(out / "adapter")
+    assert set(fresh) <= set(final.state)
+    assert any(not np.allclose(final.state[n], fresh[n]) for n in fresh)
+
+    # each node's ε is within its budget and equals what its ledger says
+    for name in prepared.node_names:
+        entries = read_ledger(out / "ledgers" / f"{name}.jsonl")
+        assert [e.round for e in entries] == [1, 2]
+        reported = record["final"]["epsilon"][name]
+        assert reported == pytest.approx(entries[-1].epsilon, rel=1e-12)
+        assert reported <= 8.0
+        node_rounds = [r["nodes"][name] for r in record["rounds"]]
+        assert all(n["participated"] for n in node_rounds)
+        payload = sum(v.nbytes for v in fresh.values())
+        assert all(n["bytes_sent"] == payload == n["bytes_received"] for n in node_rounds)
+    for png in ("accuracy.png", "epsilon.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "metrics.json").read_text())["final"] == record["final"]
+
+
+def test_no_process_left_behind(finished_run) -> None:  # type: ignore[no-untyped-def]
+    *_, before = finished_run
+    leftover = _children() - before
+    assert not leftover, f"processes left behind: {leftover}"
+
+
+def test_wrong_data_path_is_reported_not_hung(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    logs: list[str] = []
+    prepared = prepare_simulation(_config(tmp_path, rounds=1), log=logs.append)
+    (tmp_path / "partitions" / "bank_b.csv").unlink()
+    record = launch_simulation(prepared, log=logs.append)
+    (entry,) = record["rounds"]
+    assert entry["completed"]  # the two healthy nodes still trained
+    assert entry["nodes"]["bank_b"]["participated"] is False
+    assert "bank_b.csv" in entry["nodes"]["bank_b"]["error"]
+    assert "not found" in entry["nodes"]["bank_b"]["error"].lower() or "no such" in entry[
+        "nodes"
+    ]["bank_b"]["error"].lower()
+    assert any("bank_b failed" in line for line in logs)
+
+
+def _wait_for_round(out: Path, number: int, proc: subprocess.Popen, timeout: float) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    config = out / "checkpoint" / "adapter_config.json"
+    while time.monotonic() < deadline:
+        if config.exists() and json.loads(config.read_text())["extra"]["round"] >= number:
+            return
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.5)
+    raise AssertionError(f"round {number} did not finish in {timeout}s")
+
+
+def test_interrupt_then_resume_counts_no_round_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    command = [
+        sys.executable, "-m", "sim.cli", "sim", "--model", "tiny", "--max-length", "48",
+        "--rounds", "3", "--batch-size", "32", "--lr", "0.02", "--out", str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_round(tmp_path, 1, proc, timeout=300)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user would
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, output
+    assert "interrupted" in output
+    survivors = [p.pid for p in psutil.process_iter(["cmdline"]) if _in_group(p, proc.pid)]
+    assert not survivors, f"processes left behind after Ctrl-C: {survivors}"
+    interrupted = json.loads((tmp_path / "metrics.json").read_text())
+    done = [r["round"] for r in interrupted["rounds"] if r["completed"]]
+    assert done and done[-1] < 3
+
+    resumed = subprocess.run(
+        [*command, "--resume"], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming after round {done[-1]}" in resumed.stdout
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["round"] for r in record["rounds"]] == [1, 2, 3]
+    for ledger in (tmp_path / "ledgers").glob("*.jsonl"):
+        rounds = [e.round for e in read_ledger(ledger)]
+        # a round interrupted after its spend was recorded stays charged (conservative)
+        assert rounds == sorted(rounds) and rounds[-1] == 3, (ledger.name, rounds)
+
+
+def _in_group(process: psutil.Process, group: int) -> bool:
+    try:
+        return os.getpgid(process.pid) == group
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False

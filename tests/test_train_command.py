@@ -1,0 +1,106 @@
+"""``fedlora train`` and ``fedlora data`` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from client.adapter_io import load_adapter
+from sim.cli import main
+
+REQUIRED_KEYS = {
+    "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "clip_norm",
+    "accuracy", "macro_f1", "train_examples", "eval_examples", "seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def bank_csv(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("data") / "bank.csv"
+    code = main([
+        "data", "--out", str(path), "--domains", "bank", "--institutions-per-domain", "2",
+        "--examples-per-institution", "300", "--seed", "3",
+    ])
+    assert code == 0 and path.exists()
+    return path
+
+
+def _train(out: Path, data: Path, *extra: str) -> dict:  # type: ignore[type-arg]
+    code = main([
+        "train", "--data", str(data), "--model", "tiny", "--max-length", "48",
+        "--epochs", "3", "--batch-size", "32", "--lr", "0.02", "--out", str(out), "--quiet",
+        *extra,
+    ])
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_train_dp_on_generated_data(tmp_path, bank_csv, capsys) -> None:  # type: ignore[no-untyped-def]
+    metrics = _train(tmp_path, bank_csv, "--epsilon", "4", "--redact")
+    assert REQUIRED_KEYS <= set(metrics)
+    assert metrics["accountant"] == "prv" and metrics["dp"] is True
+    assert 0 < metrics["epsilon"] <= 4.0
+    assert metrics["epsilon"] <= metrics["epsilon_rdp"]
+    assert metrics["delta"] == 1e-5
+    assert metrics["train_examples"] + metrics["eval_examples"] == 600
+    assert sum(metrics["redaction"].values()) > 0
+    assert metrics["accuracy"] > metrics["initial_accuracy"]
+    saved = load_adapter(tmp_path / "adapter")
+    assert len(saved.labels) == 10 and saved.state
+    printed = capsys.readouterr().out
+    assert "ε = " in printed and "prv accountant" in printed
+
+
+def test_train_without_dp_learns(tmp_path, bank_csv) -> None:  # type: ignore[no-untyped-def]
+    metrics = _train(tmp_path, bank_csv, "--no-dp")
+    assert metrics["epsilon"] is None and metrics["dp"] is False
+    assert metrics["accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_separate_eval_file_uses_the_training_label_set(tmp_path, bank_csv) -> None:  # type: ignore[no-untyped-def]
+    lines = bank_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    eval_path = tmp_path / "eval.csv"
+    eval_path.write_text("".join(lines[:1] + lines[-50:]), encoding="utf-8")
+    metrics = _train(tmp_path / "out", bank_csv, "--eval", str(eval_path), "--no-dp")
+    assert metrics["eval_examples"] == 50 and metrics["train_examples"] == 600
+
+
+def test_bad_data_exits_2_naming_file_row_and_problem(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello there,a\n   ,b\nfine text,a\n", encoding="utf-8")
+    code = main(["train", "--data", str(bad), "--model", "tiny", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "row 2" in err and "empty" in err.lower()
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_too_few_examples_for_batch_size(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    small = tmp_path / "small.csv"
+    rows = "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(20))
+    small.write_text("text,label\n" + rows, encoding="utf-8")
+    code = main(["train", "--data", str(small), "--model", "tiny", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "small.csv" in err and "batch size 64" in err
+
+
+def test_help_teaches(capsys) -> None:  # type: ignore[no-untyped-def]
+    for command in (["--help"], ["train", "--help"], ["sim", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "add/remove-one" in text and "--epsilon" in text
+
+
+@pytest.mark.slow
+def test_train_default_model_on_embedded_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The real all-MiniLM-L6-v2 on the embedded data: far above chance at ε ≤ 8."""
+    code = main(["train", "--out", str(tmp_path), "--quiet", "--epochs", "2"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epsilon"] <= 8.0
+    assert metrics["accuracy"] > 0.5  # 20 labels: chance is 0.05
