@@ -224,9 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = bench_size(size, args, key, Path(folder))
             rows.append(row)
             print(f"  done: {size} entries ({row['mode']})", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
     print(
         f"ledger verification, δ={DELTA:g}, {args.steps_per_entry} steps/entry, "
-        f"{os.cpu_count()} CPUs; seconds"
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the end; seconds"
     )
     print(_format_table(rows, args.workers))
     if args.json is not None:
@@ -238,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds_per_run": ROUNDS_PER_RUN,
             "workers": args.workers,
             "cpus": os.cpu_count(),
+            "load_average_at_end": load,
             "rows": rows,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")

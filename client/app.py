@@ -23,6 +23,10 @@ from client.run_settings import (
 )
 
 
+#: Flower reports a failed node without saying which one; errors carry the name behind this.
+NODE_ERROR_PREFIX = "[fedlora node "
+
+
 class AdapterClient(NumPyClient):
     """Trains the adapter on one node's data; returns only the adapter delta.
 
@@ -43,8 +47,7 @@ class AdapterClient(NumPyClient):
             node = load_node(self.settings, self.run)
             outcome = run_round(node, RoundPlan.from_config(config), parameters, self.run_id)
         except Exception as exc:
-            # Name the node: Flower reports failures without saying whose they were.
-            raise RuntimeError(f"node {self.settings.node_name}: {exc}") from exc
+            raise RuntimeError(f"{NODE_ERROR_PREFIX}{self.settings.node_name}] {exc}") from exc
         weight = node.examples if self.run.weighting == "examples" else 1
         return outcome.delta, 0 if outcome.declined else weight, outcome.metrics
 

@@ -152,6 +152,7 @@ def _calibrated_sigma(
             steps.sample_rate,
             steps.steps * plan.remaining_rounds,
             prior_events=prior,
+            initial_guess=prior[-1].noise_multiplier if prior else None,
         )
     except ValueError as exc:
         return None, str(exc)

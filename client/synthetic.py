@@ -26,7 +26,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 from client.redaction import PII_KINDS
 from privacy.durable_io import atomic_writer
@@ -995,7 +995,7 @@ def generate_records(config: SyntheticConfig = SyntheticConfig()) -> list[dict[s
 # ---------------------------------------------------------------------------------- files
 
 
-def _write_atomically(path: Path, write: Callable[[TextIO], None]) -> None:
+def _write_atomically(path: Path, write: Callable[[IO[str]], None]) -> None:
     """Write a file via a temporary sibling, fsync it, then rename it over ``path``."""
     with atomic_writer(path, "w", encoding="utf-8", newline="") as stream:
         write(stream)
@@ -1012,7 +1012,7 @@ def write_csv(rows: Sequence[Mapping[str, str]], path: Path) -> None:
         Destination; its directory must exist. Replaced only once fully written.
     """
 
-    def write(stream: TextIO) -> None:
+    def write(stream: IO[str]) -> None:
         writer = csv.DictWriter(stream, fieldnames=COLUMNS, extrasaction="raise")
         writer.writeheader()
         for row in rows:
@@ -1032,7 +1032,7 @@ def write_jsonl(rows: Sequence[Mapping[str, str]], path: Path) -> None:
         Destination; its directory must exist. Replaced only once fully written.
     """
 
-    def write(stream: TextIO) -> None:
+    def write(stream: IO[str]) -> None:
         for row in rows:
             record = {column: row[column] for column in COLUMNS}
             stream.write(json.dumps(record, ensure_ascii=False) + "\n")

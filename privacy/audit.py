@@ -52,6 +52,9 @@ REPORTED_PACKAGES: tuple[str, ...] = ("fedlora", "opacus", "torch", "flwr", "cry
 History = tuple[tuple[float, float, int], ...]
 #: Recomputed (PRV ε, RDP ε) by (merged history, δ); share one across calls to reuse work.
 EpsilonCache = dict[tuple[History, float], tuple[float, float]]
+#: Fewer new histories than this are recomputed in-process: starting worker processes (each
+#: imports Opacus and torch) costs seconds, more than a few dozen accountant calls.
+MIN_PARALLEL_HISTORIES = 64
 #: What the accountants raise for settings they cannot handle.
 _ACCOUNTING_ERRORS = (ValueError, RuntimeError, OverflowError, FloatingPointError)
 
@@ -145,7 +148,8 @@ def recompute_epsilons(
     delta
         δ of the ledger.
     workers
-        Processes to use; 1 computes in this process.
+        Processes to use; 1 (or fewer than ``MIN_PARALLEL_HISTORIES`` new histories)
+        computes in this process.
     cache
         Values to reuse and extend (a new dict when None).
 
@@ -158,7 +162,7 @@ def recompute_epsilons(
         raise ValueError(f"workers must be >= 1, got {workers}")
     cache = {} if cache is None else cache
     missing = [h for h in dict.fromkeys(histories) if (h, delta) not in cache]
-    if workers == 1 or len(missing) < 2:
+    if workers == 1 or len(missing) < MIN_PARALLEL_HISTORIES:
         for history in missing:
             with contextlib.suppress(*_ACCOUNTING_ERRORS):
                 cache[(history, delta)] = _recompute(history, delta)
@@ -227,7 +231,8 @@ def verify_ledger(
 
     Cost: one PRV and one RDP call per entry whose merged (σ, q, steps) history is new; the
     histories are cached in ``epsilon_cache`` (pass one dict to several calls to share it)
-    and, with ``workers > 1``, computed in that many processes.
+    and, with ``workers > 1``, computed in that many processes (when at least
+    ``MIN_PARALLEL_HISTORIES`` are new).
 
     Parameters
     ----------
@@ -322,14 +327,19 @@ def _node_section(
     path: Path,
     result: VerificationResult | None,
     key_source: str,
-    failure: str | None,
+    failure: tuple[str, str] | None,
 ) -> dict[str, Any]:
+    """One node's part of the report; ``failure`` (kind, problem) overrides an OK result."""
     entries = result.verified_entries if result is not None else ()
     last = entries[-1] if entries else None
     budget = last.budget_epsilon if last is not None else None
     spent = result.epsilon if result is not None else 0.0
-    ok = result is not None and result.ok
-    problem = failure if result is None else result.problem
+    if result is not None and not result.ok:
+        kind, problem, line = result.kind, result.problem, result.line
+    elif failure is not None:
+        (kind, problem), line = failure, None
+    else:
+        kind = problem = line = None
     return {
         "node_id": last.node_id if last is not None else (_peek_node_id(path) or path.stem),
         "ledger": str(path),
@@ -338,10 +348,10 @@ def _node_section(
         "key_source": key_source,
         "signatures": result.signatures if result is not None else "unchecked",
         "verification": {
-            "status": "OK" if ok else "FAILED",
+            "status": "OK" if kind is None else "FAILED",
             "problem": problem,
-            "kind": result.kind if result is not None else "unreadable",
-            "line": result.line if result is not None else None,
+            "kind": kind,
+            "line": line,
         },
         "verified_entries": len(entries),
         "lines_in_file": result.lines if result is not None else None,
@@ -378,7 +388,11 @@ def build_report(
 
     A ledger that fails verification is still reported: its section says FAILED with the
     reason, and its figures cover only the entries before the problem (``verified_entries``
-    of ``lines_in_file``). Every ε in the report is recomputed from recorded events.
+    of ``lines_in_file``). A ledger that cannot be read is FAILED with kind ``unreadable``.
+    When ``public_keys`` is given, a ledger whose node has no enrolled key is FAILED with
+    kind ``unenrolled`` even if it verifies against the key beside it: anybody can write a
+    consistent ledger with a key of their own. Every ε in the report is recomputed from
+    recorded events.
 
     Parameters
     ----------
@@ -414,9 +428,17 @@ def build_report(
             key = load_public_key(Path(enrolled)) if enrolled is not None else None
             result = verify_ledger(path, key, workers=workers, epsilon_cache=cache)
         except (OSError, ValueError) as exc:
-            nodes.append(_node_section(path, None, key_source, f"{path}: {exc}"))
+            failure = ("unreadable", f"{path}: {exc}")
+            nodes.append(_node_section(path, None, key_source, failure))
             continue
-        nodes.append(_node_section(path, result, key_source, None))
+        unenrolled = None
+        if public_keys is not None and enrolled is None:
+            unenrolled = (
+                "unenrolled",
+                f"{path}: node {claimed!r} has no enrolled public key; the ledger was checked "
+                f"only against {key_source}",
+            )
+        nodes.append(_node_section(path, result, key_source, unenrolled))
     return {
         "title": "fedlora privacy audit",
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -688,7 +688,9 @@ class PrivacyLedger:
     """The privacy ledger of one node and one data set, stored at ``path``.
 
     Every method re-reads the file, so several ``PrivacyLedger`` objects (or processes) on
-    one file see each other's spends; appends are serialised with ``flock``.
+    one file see each other's spends; appends are serialised with ``flock``. A ledger is
+    tied to one signing key: entries signed with another key are refused, so replacing the
+    node's key means starting a new ledger file (and keeping the old one for audit).
 
     Parameters
     ----------

@@ -47,7 +47,9 @@ def run_federation(
     config = settings.to_run_config()
     if settings.resume:
         checkpoint = load_checkpoint(out, settings)
-        state, offset = checkpoint.state, checkpoint.round
+        # strict names/shapes; and travel order is the model's, not the file's (sorted)
+        load_adapter_state(model, checkpoint.state, trainable_only=True)
+        state, offset = adapter_state(model, trainable_only=True), checkpoint.round
         record = RunRecord.resume(out, config, offset)
         log(f"resuming after round {offset} of {settings.rounds}")
     else:

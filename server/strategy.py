@@ -32,6 +32,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from client.evaluation import EvalResult
+from client.app import NODE_ERROR_PREFIX
 from client.model import adapter_signature
 from client.round_plan import RoundPlan
 from client.run_settings import RunSettings
@@ -39,7 +40,7 @@ from server.checkpoint import save_checkpoint
 from server.run_record import RunRecord, eval_record
 
 Evaluator = Callable[[dict[str, np.ndarray]], EvalResult]
-_NODE_IN_ERROR = re.compile(r"node (\S+?): (.*)", re.DOTALL)
+_NODE_IN_ERROR = re.compile(re.escape(NODE_ERROR_PREFIX) + r"([^\]]+)\] (.*?)(?:\\n|\n|$)")
 
 
 @dataclass
@@ -58,8 +59,7 @@ def failure_reason(failure: BaseException | tuple[ClientProxy, FitRes]) -> tuple
         text = f"status {failure[1].status.code}: {failure[1].status.message}"
     match = _NODE_IN_ERROR.search(text)
     if match:
-        reason = match.group(2).split("\\n")[0].split("\n")[0].strip(" '\"")
-        return match.group(1), reason
+        return match.group(1), match.group(2).strip(" '\"")
     return None, text.splitlines()[0][:300] if text else "unknown failure"
 
 

@@ -8,6 +8,7 @@ impossible settings) end with one clear line and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -389,6 +390,14 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     for name, info in sorted(record.get("stopped_nodes", {}).items()):
         print(f"  {name}: stopped at round {info['round']}: {info['reason']}")
     print(f"wrote {config.out}/metrics.json, adapter/, ledgers/, accuracy.png, epsilon.png")
+    incomplete = [r["round"] for r in record["rounds"] if not r["completed"]]
+    if incomplete:
+        print(
+            f"fedlora sim: rounds {incomplete} did not complete (see 'failures' and "
+            "'stopped_nodes' in metrics.json)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -418,12 +427,11 @@ COMMANDS = {"sim": _cmd_sim, "train": _cmd_train, "data": _cmd_data}
 
 def quiet_libraries() -> None:
     """Silence library chatter that says nothing to a fedlora user (our own output stays)."""
-    import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # a privacy tool does not phone home
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     for message in (

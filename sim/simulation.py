@@ -14,7 +14,10 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,6 +186,11 @@ def launch_simulation(
     from client.app import make_client_app
     from server.app import make_server_app
 
+    # fedlora prints its own per-round lines; Flower's INFO log would bury them. Importing
+    # flwr sets its logger to DEBUG, so this must come after the import.
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.CRITICAL)  # node failures are reported by the strategy
+    flwr_logger.propagate = False
     settings = prepared.settings
     cpus = max(1, os.cpu_count() or 1)
     backend_config: dict[str, Any] = {
@@ -194,19 +202,53 @@ def launch_simulation(
             "log_to_driver": False,
         },
     }
-    try:
-        run_simulation(
-            server_app=make_server_app(settings, log),
-            client_app=make_client_app(settings),
-            num_supernodes=len(prepared.node_names),
-            backend_config=backend_config,
-        )
-    finally:
-        stop_ray_and_children()
+    with _exit_cleanly_on_signals(log):
+        try:
+            run_simulation(
+                server_app=make_server_app(settings, log),
+                client_app=make_client_app(settings),
+                num_supernodes=len(prepared.node_names),
+                backend_config=backend_config,
+            )
+        finally:
+            stop_ray_and_children()
     record = json.loads((prepared.out / "metrics.json").read_text(encoding="utf-8"))
     plot_accuracy(record, prepared.out / "accuracy.png")
     plot_epsilon(record, prepared.out / "epsilon.png")
     return record
+
+
+INTERRUPTED_EXIT_CODE = 130
+
+
+@contextlib.contextmanager
+def _exit_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
+    """On Ctrl-C or SIGTERM: stop Ray and every child process, then exit 130.
+
+    Flower's simulation loop does not unwind on KeyboardInterrupt (its server runs in a thread
+    and its workers wait on queues), so the driver ends the run itself. Nothing is lost: the
+    metrics and checkpoint of every completed round and every recorded privacy spend are
+    already on disk (atomically), and ``--resume`` continues from there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        log(
+            f"\ninterrupted ({signal.Signals(signum).name}): stopping Ray and node processes; "
+            "completed rounds are saved, continue with --resume"
+        )
+        stop_ray_and_children(grace_seconds=5.0)
+        sys.stdout.flush()
+        os._exit(INTERRUPTED_EXIT_CODE)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def stop_ray_and_children(grace_seconds: float = 10.0) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -134,9 +135,21 @@ def test_epsilon_cache_avoids_recomputation(
     assert verify_ledger(ledger_path, epsilon_cache=cache).ok
 
 
-def test_parallel_workers_give_the_same_result(ledger_path: Path) -> None:
+def test_parallel_workers_give_the_same_result(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     serial = verify_ledger(ledger_path, epsilon_cache={})
+    pools: list[int] = []
+
+    class CountingPool(ProcessPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pools.append(kwargs["max_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "MIN_PARALLEL_HISTORIES", 2)
+    monkeypatch.setattr(audit, "ProcessPoolExecutor", CountingPool)
     parallel = verify_ledger(ledger_path, workers=2, epsilon_cache={})
+    assert pools == [2]
     assert parallel == serial
 
 
@@ -416,7 +429,7 @@ def test_report_on_an_honest_and_a_tampered_ledger(  # type: ignore[no-untyped-d
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(report))
 
 
-def test_report_fails_a_ledger_against_the_wrong_enrolled_key(  # type: ignore[no-untyped-def]
+def test_report_fails_wrong_keys_unenrolled_nodes_and_missing_files(
     tmp_path: Path, pristine: Path
 ) -> None:
     wrong = tmp_path / "wrong.pub.pem"
@@ -425,11 +438,29 @@ def test_report_fails_a_ledger_against_the_wrong_enrolled_key(  # type: ignore[n
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+    walk_in = tmp_path / "walk-in.jsonl"  # consistent with its own key, but never enrolled
+    PrivacyLedger(
+        walk_in,
+        node_id="walk-in",
+        dataset_fingerprint=dataset_fingerprint(["a"], ["b"]),
+        signing_key=Ed25519PrivateKey.generate(),
+    ).append_spend(
+        run_id="r", round=0, event=DPEvent(1.0, 0.1, 3), clip_norm=1.0, delta=DELTA,
+        budget_epsilon=2.0,
+    )  # fmt: skip
+    assert verify_ledger(walk_in).ok
     missing = tmp_path / "nowhere.jsonl"
-    report = build_report([pristine, missing], {"clinic-7": wrong})
-    enrolled, absent = report["nodes"]
-    assert enrolled["verification"]["kind"] == "bad_signature"
-    assert absent["verification"]["status"] == "FAILED"
-    assert absent["verification"]["kind"] == "unreadable"
+    report = build_report([pristine, missing, walk_in], {"clinic-7": wrong})
+    enrolled, absent, unenrolled = (node["verification"] for node in report["nodes"])
+    assert (enrolled["status"], enrolled["kind"], enrolled["line"]) == (
+        "FAILED",
+        "bad_signature",
+        1,
+    )
+    assert (absent["status"], absent["kind"]) == ("FAILED", "unreadable")
+    assert (unenrolled["status"], unenrolled["kind"]) == ("FAILED", "unenrolled")
+    assert report["nodes"][2]["epsilon_spent"] > 0  # the figures are still shown
     write_report(report, tmp_path / "r.html", None)
-    assert "No verified entries" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "No verified entries" in page and page.count("FAILED</span>") >= 3
+    assert not (tmp_path / "r.json").exists()

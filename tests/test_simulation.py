@@ -142,8 +142,7 @@ def test_interrupt_then_resume_counts_no_round_twice(tmp_path) -> None:  # type:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0, output
     assert "interrupted" in output
-    survivors = [p.pid for p in psutil.process_iter(["cmdline"]) if _in_group(p, proc.pid)]
-    assert not survivors, f"processes left behind after Ctrl-C: {survivors}"
+    assert not _group_survivors(proc.pid), "processes left behind after Ctrl-C"
     interrupted = json.loads((tmp_path / "metrics.json").read_text())
     done = [r["round"] for r in interrupted["rounds"] if r["completed"]]
     assert done and done[-1] < 3
@@ -155,14 +154,25 @@ def test_interrupt_then_resume_counts_no_round_twice(tmp_path) -> None:  # type:
     assert f"resuming after round {done[-1]}" in resumed.stdout
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["round"] for r in record["rounds"]] == [1, 2, 3]
+    assert all(r["completed"] for r in record["rounds"]), record["rounds"]
+    assert record["final"]["completed_rounds"] == 3
     for ledger in (tmp_path / "ledgers").glob("*.jsonl"):
         rounds = [e.round for e in read_ledger(ledger)]
         # a round interrupted after its spend was recorded stays charged (conservative)
         assert rounds == sorted(rounds) and rounds[-1] == 3, (ledger.name, rounds)
 
 
-def _in_group(process: psutil.Process, group: int) -> bool:
-    try:
-        return os.getpgid(process.pid) == group
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return False
+def _group_survivors(group: int, wait: float = 10.0) -> list[str]:
+    """Live (non-zombie) processes of a process group, after giving them ``wait`` s to exit."""
+    deadline = time.monotonic() + wait
+    while True:
+        alive = []
+        for process in psutil.process_iter(["pid", "status", "cmdline"]):
+            try:
+                if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{process.pid} {' '.join(process.info['cmdline'] or [])[:80]}")
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.5)
