@@ -19,6 +19,7 @@ from client.model import LORA_VARIANTS, ModelConfig
 from client.redaction import RedactionConfig
 from client.run_settings import RunSettings
 from client.synthetic import SyntheticConfig
+from sim.audit_commands import add_audit_parsers, cmd_audit, cmd_node
 from sim.partitioning import PartitionScheme
 from sim.simulation import SimConfig
 from sim.train_job import TrainJobConfig, run_train_job
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_parser(sub)
     _add_train_parser(sub)
     _add_data_parser(sub)
+    add_audit_parsers(sub, _HelpFormatter)
     return parser
 
 
@@ -422,23 +424,33 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sim": _cmd_sim, "train": _cmd_train, "data": _cmd_data}
+COMMANDS = {
+    "sim": _cmd_sim,
+    "train": _cmd_train,
+    "data": _cmd_data,
+    "audit": cmd_audit,
+    "node": cmd_node,
+}
 
 
 def quiet_libraries() -> None:
     """Silence library chatter that says nothing to a fedlora user (our own output stays)."""
     import warnings
 
+    import datasets
     from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # a privacy tool does not phone home
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     for message in (
         "Secure RNG turned off",  # documented in README: OS-seeded generator, no torchcsprng
         ".*is_gradient_checkpointing.*",
         "Full backward hook is firing",
         "Optimal order is .*",
+        "Tip: In future versions of Ray.*",
+        "The specified min_partition_size.*",
     ):
         warnings.filterwarnings("ignore", message=message)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -456,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fedlora {args.command}: data error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
+        print(f"fedlora {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except FileExistsError as exc:
         print(f"fedlora {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ import numpy as np
 from client.data_loading import DataConfig, LabelledTexts, load_labelled_texts
 from client.run_settings import RunSettings
 from client.synthetic import SyntheticConfig, generate_records, labels_for, write_csv
+from privacy.audit import build_report, write_report
 from sim.partition_files import INDEX_FILE, write_partition_files
 from sim.partitioning import PartitionScheme, partition_records
 from sim.plots import plot_accuracy, plot_epsilon
@@ -215,6 +216,10 @@ def launch_simulation(
     record = json.loads((prepared.out / "metrics.json").read_text(encoding="utf-8"))
     plot_accuracy(record, prepared.out / "accuracy.png")
     plot_epsilon(record, prepared.out / "epsilon.png")
+    ledgers = sorted((prepared.out / LEDGERS_DIR).glob("*.jsonl"))
+    if ledgers:
+        audit = prepared.out / "audit"
+        write_report(build_report(ledgers), audit / "report.html", audit / "report.json")
     return record
 
 

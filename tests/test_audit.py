@@ -240,11 +240,13 @@ def test_a_malformed_middle_line_is_not_a_torn_tail(ledger_path: Path, cache) ->
     assert repair_torn_tail(ledger_path) == 0
 
 
-def _forge_epsilon(path: Path, line: int, signer: Ed25519PrivateKey) -> None:
-    """Lower ε on ``line``, recompute its hash and re-sign it: a consistent-looking forgery."""
+def _forge_epsilon(
+    path: Path, line: int, signer: Ed25519PrivateKey, field: str = "epsilon", factor: float = 0.5
+) -> None:
+    """Scale ε on ``line``, recompute its hash and re-sign it: a consistent-looking forgery."""
 
     def forge(entry: dict[str, Any]) -> None:
-        entry["epsilon"] = entry["epsilon"] / 2
+        entry[field] = entry[field] * factor
         entry["hash"] = entry_hash(entry)
         entry["signature"] = sign_hash(entry["hash"], signer)
 
@@ -286,9 +288,12 @@ def test_a_rebuilt_chain_fails_on_the_key_or_on_epsilon(  # type: ignore[no-unty
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "epsilon_mismatch", 2)
 
 
-def test_node_recording_a_wrong_epsilon_is_caught(ledger_path: Path, node_key, cache) -> None:  # type: ignore[no-untyped-def]
-    # The key holder itself signs an understated ε: only recomputation can catch that.
-    _forge_epsilon(ledger_path, len(SPENDS), node_key)
+@pytest.mark.parametrize(("field", "factor"), [("epsilon", 0.5), ("epsilon_rdp", 2.0)])
+def test_node_recording_a_wrong_epsilon_is_caught(  # type: ignore[no-untyped-def]
+    ledger_path: Path, node_key, field: str, factor: float, cache
+) -> None:
+    # The key holder itself signs a wrong ε: only recomputation can catch that.
+    _forge_epsilon(ledger_path, len(SPENDS), node_key, field, factor)
     result = verify_ledger(ledger_path, epsilon_cache=cache)
     _expect(result, "epsilon_mismatch", len(SPENDS))
     assert result.epsilon == json.loads(_lines(ledger_path)[-2])["epsilon"]

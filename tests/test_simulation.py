@@ -107,9 +107,10 @@ def test_wrong_data_path_is_reported_not_hung(tmp_path) -> None:  # type: ignore
     assert entry["completed"]  # the two healthy nodes still trained
     assert entry["nodes"]["bank_b"]["participated"] is False
     assert "bank_b.csv" in entry["nodes"]["bank_b"]["error"]
-    assert "not found" in entry["nodes"]["bank_b"]["error"].lower() or "no such" in entry[
-        "nodes"
-    ]["bank_b"]["error"].lower()
+    assert (
+        "not found" in entry["nodes"]["bank_b"]["error"].lower()
+        or "no such" in entry["nodes"]["bank_b"]["error"].lower()
+    )
     assert any("bank_b failed" in line for line in logs)
 
 
@@ -126,11 +127,28 @@ def _wait_for_round(out: Path, number: int, proc: subprocess.Popen, timeout: flo
 
 def test_interrupt_then_resume_counts_no_round_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]
     command = [
-        sys.executable, "-m", "sim.cli", "sim", "--model", "tiny", "--max-length", "48",
-        "--rounds", "3", "--batch-size", "32", "--lr", "0.02", "--out", str(tmp_path),
+        sys.executable,
+        "-m",
+        "sim.cli",
+        "sim",
+        "--model",
+        "tiny",
+        "--max-length",
+        "48",
+        "--rounds",
+        "3",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.02",
+        "--out",
+        str(tmp_path),
     ]
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -147,9 +165,7 @@ def test_interrupt_then_resume_counts_no_round_twice(tmp_path) -> None:  # type:
     done = [r["round"] for r in interrupted["rounds"] if r["completed"]]
     assert done and done[-1] < 3
 
-    resumed = subprocess.run(
-        [*command, "--resume"], capture_output=True, text=True, timeout=600
-    )
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming after round {done[-1]}" in resumed.stdout
     record = json.loads((tmp_path / "metrics.json").read_text())

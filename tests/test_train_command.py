@@ -11,28 +11,65 @@ from client.adapter_io import load_adapter
 from sim.cli import main
 
 REQUIRED_KEYS = {
-    "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "clip_norm",
-    "accuracy", "macro_f1", "train_examples", "eval_examples", "seconds",
+    "epsilon",
+    "delta",
+    "accountant",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "clip_norm",
+    "accuracy",
+    "macro_f1",
+    "train_examples",
+    "eval_examples",
+    "seconds",
 }
 
 
 @pytest.fixture(scope="module")
 def bank_csv(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     path = tmp_path_factory.mktemp("data") / "bank.csv"
-    code = main([
-        "data", "--out", str(path), "--domains", "bank", "--institutions-per-domain", "2",
-        "--examples-per-institution", "300", "--seed", "3",
-    ])
+    code = main(
+        [
+            "data",
+            "--out",
+            str(path),
+            "--domains",
+            "bank",
+            "--institutions-per-domain",
+            "2",
+            "--examples-per-institution",
+            "300",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0 and path.exists()
     return path
 
 
 def _train(out: Path, data: Path, *extra: str) -> dict:  # type: ignore[type-arg]
-    code = main([
-        "train", "--data", str(data), "--model", "tiny", "--max-length", "48",
-        "--epochs", "3", "--batch-size", "32", "--lr", "0.02", "--out", str(out), "--quiet",
-        *extra,
-    ])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "tiny",
+            "--max-length",
+            "48",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.02",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads((out / "metrics.json").read_text())
 
