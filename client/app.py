@@ -22,7 +22,6 @@ from client.run_settings import (
     settings_from_run_config,
 )
 
-
 #: Flower reports a failed node without saying which one; errors carry the name behind this.
 NODE_ERROR_PREFIX = "[fedlora node "
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from privacy.ledger import PrivacyLedger, dataset_fingerprint
-from privacy.signing_keys import ensure_signing_key
 from torch import nn
 
 from client.batching import TokenizedTexts, tokenize_texts
@@ -39,6 +37,8 @@ from client.model import (
 from client.round_plan import RoundPlan
 from client.run_settings import NodeSettings, RunSettings
 from privacy.accounting import DPEvent, calibrate_noise_multiplier, default_delta
+from privacy.ledger import PrivacyLedger, dataset_fingerprint
+from privacy.signing_keys import ensure_signing_key
 
 DECLINE_BUDGET = "budget_exhausted"
 
@@ -131,11 +131,19 @@ def _decline(node: Node, reason: str, detail: str) -> RoundOutcome:
     )
 
 
-def _node_budget(node: Node, plan: RoundPlan) -> tuple[float, float]:
-    budget = node.settings.budget_epsilon or plan.target_epsilon or node.run.dp.target_epsilon
-    delta = node.settings.delta or plan.target_delta or default_delta(node.examples)
-    if not budget or budget <= 0:
+def node_budget(node: Node, plan: RoundPlan) -> tuple[float, float]:
+    """(ε budget, δ) this node enforces: its own, which the server may lower but never raise."""
+    own, suggested = node.settings.budget_epsilon, plan.target_epsilon or None
+    if own is not None:
+        budget = min(own, suggested) if suggested else own
+    elif suggested:
+        budget = suggested
+    else:
         raise ValueError("no ε budget: set node config 'budget-epsilon' or run 'target-epsilon'")
+    if node.settings.delta is not None:
+        delta = node.settings.delta
+    else:
+        delta = min(plan.target_delta or 1.0, default_delta(node.examples))
     return float(budget), float(delta)
 
 
@@ -201,7 +209,7 @@ def run_round(
     budget = delta = math.nan
     if dp.enabled:
         assert node.ledger is not None
-        budget, delta = _node_budget(node, plan)
+        budget, delta = node_budget(node, plan)
         prior = node.ledger.events()
         sigma, reason = _calibrated_sigma(node, plan, budget, delta, prior)
         if sigma is None:

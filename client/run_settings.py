@@ -275,6 +275,11 @@ def node_settings_from_config(
         node_dir = Path(_str(node_config, "node-dir", ""))
         if not str(node_dir) or str(node_dir) == ".":
             raise ValueError("node config 'node-dir' (ledger and keys directory) is required")
+        if _float(node_config, "budget-epsilon", 0.0) <= 0:
+            raise ValueError(
+                "node config 'budget-epsilon' (> 0) is required: a node's privacy budget is its "
+                "own decision, never the server's"
+            )
         data_path = Path(str(node_config["data-path"]))
         name = _str(node_config, "node-name", data_path.stem)
     elif "partition-id" in node_config:
@@ -283,8 +288,10 @@ def node_settings_from_config(
         pid = _int(node_config, "partition-id", 0)
         from sim.partition_files import partition_file  # only simulations reach this
 
-        name, data_path = partition_file(Path(run.partitions_dir), pid)
+        simulated = partition_file(Path(run.partitions_dir), pid)
+        name, data_path = simulated.name, simulated.data_path
         node_dir = Path(run.ledger_dir or run.partitions_dir)
+        node_config = {**node_config, **simulated.node_config}
     else:
         raise ValueError(
             "node config must set 'data-path' and 'node-dir' (or be a simulated node with "

@@ -31,8 +31,8 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from client.evaluation import EvalResult
 from client.app import NODE_ERROR_PREFIX
+from client.evaluation import EvalResult
 from client.model import adapter_signature
 from client.round_plan import RoundPlan
 from client.run_settings import RunSettings

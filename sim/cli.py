@@ -197,6 +197,13 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     priv.add_argument("--delta", type=float, help="δ (default: min(1e-5, 1/N) per node)")
     priv.add_argument("--clip-norm", type=float, default=1.0)
     priv.add_argument("--no-dp", action="store_true", help="train without DP (baseline)")
+    priv.add_argument(
+        "--node-budget",
+        action="append",
+        default=[],
+        metavar="NODE=EPS",
+        help="a node's own ε budget, if it differs from --epsilon (repeatable)",
+    )
 
     opt = p.add_argument_group("local optimisation")
     opt.add_argument("--local-epochs", type=int, default=1)
@@ -206,6 +213,12 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--ledger-dir",
+        type=Path,
+        help="nodes' ledger directory (default: OUT/ledgers); share it across runs to "
+        "accumulate each node's spend over several runs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,7 +380,20 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         test_fraction=args.test_fraction,
         seed=args.seed,
         cpus_per_node=args.cpus_per_node,
+        node_budgets=tuple(_node_budget(text) for text in args.node_budget),
+        ledger_dir=args.ledger_dir,
     )
+
+
+def _node_budget(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = -1.0
+    if not sep or not name or not budget > 0:
+        raise ValueError(f"--node-budget {text!r}: expected NODE=EPS with EPS > 0")
+    return name, budget
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from privacy.durable_io import write_json_atomic, write_text_atomic
@@ -23,8 +24,13 @@ def write_partition_files(
     rows_per_node: Sequence[Sequence[tuple[str, str]]],
     text_column: str,
     label_column: str,
+    node_configs: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[Path]:
-    """Write ``<name>.csv`` (text, label) per node and ``index.json`` mapping ids to files."""
+    """Write ``<name>.csv`` (text, label) per node and ``index.json`` mapping ids to files.
+
+    ``node_configs`` holds what a real node would have in its own node config (e.g. its
+    ``budget-epsilon``): it belongs to the node, not to the server's run config.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, rows in zip(names, rows_per_node, strict=True):
@@ -35,18 +41,28 @@ def write_partition_files(
         path = directory / f"{name}.csv"
         write_text_atomic(path, buffer.getvalue())
         paths.append(path)
+    configs = node_configs or {}
     write_json_atomic(
         directory / INDEX_FILE,
         [
-            {"partition_id": i, "node": n, "file": p.name}
+            {"partition_id": i, "node": n, "file": p.name, "node_config": dict(configs.get(n, {}))}
             for i, (n, p) in enumerate(zip(names, paths, strict=True))
         ],
     )
     return paths
 
 
-def partition_file(directory: Path, partition_id: int) -> tuple[str, Path]:
-    """(node name, data file) of a simulated node.
+@dataclass(frozen=True)
+class SimulatedNode:
+    """A simulated node's name, data file and own node config."""
+
+    name: str
+    data_path: Path
+    node_config: Mapping[str, float]
+
+
+def partition_file(directory: Path, partition_id: int) -> SimulatedNode:
+    """The simulated node with this Flower ``partition-id``.
 
     Raises
     ------
@@ -60,5 +76,7 @@ def partition_file(directory: Path, partition_id: int) -> tuple[str, Path]:
         raise ValueError(f"{index_path}: cannot read the partition index: {exc}") from exc
     for entry in index:
         if entry["partition_id"] == partition_id:
-            return str(entry["node"]), directory / str(entry["file"])
+            return SimulatedNode(
+                str(entry["node"]), directory / str(entry["file"]), entry.get("node_config", {})
+            )
     raise ValueError(f"{index_path}: no partition {partition_id}")

@@ -65,6 +65,12 @@ class SimConfig:
         Seed of the split and the partitioner.
     cpus_per_node
         CPU cores each simulated node's Ray actor reserves.
+    node_budgets
+        (node name, ε budget) for nodes whose own budget differs from ``--epsilon``; kept
+        with the node's files, as a real node keeps it in its own node config.
+    ledger_dir
+        Where the nodes' ledgers live (default ``OUT/ledgers``). Point several runs at one
+        directory to model nodes that take part in several runs: their spends accumulate.
     """
 
     out: Path
@@ -77,6 +83,8 @@ class SimConfig:
     test_fraction: float = 0.2
     seed: int = 0
     cpus_per_node: float = 1.0
+    node_budgets: tuple[tuple[str, float], ...] = ()
+    ledger_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,7 @@ def prepare_simulation(config: SimConfig, log: Callable[[str], None] = print) ->
         out_dir=str(out),
         test_data=str(out / TEST_FILE),
         partitions_dir=str(partitions),
-        ledger_dir=str(out / LEDGERS_DIR),
+        ledger_dir=str(config.ledger_dir or out / LEDGERS_DIR),
     )
     if config.settings.resume:
         index = json.loads((partitions / INDEX_FILE).read_text(encoding="utf-8"))
@@ -155,7 +163,11 @@ def prepare_simulation(config: SimConfig, log: Callable[[str], None] = print) ->
         for p in parts
     ]
     names = tuple(p.name for p in parts)
-    write_partition_files(partitions, names, rows, *columns)
+    unknown = sorted({name for name, _ in config.node_budgets} - set(names))
+    if unknown:
+        raise ValueError(f"--node-budget names unknown nodes {unknown}; nodes are {list(names)}")
+    budgets = {name: {"budget-epsilon": eps} for name, eps in config.node_budgets}
+    write_partition_files(partitions, names, rows, *columns, node_configs=budgets)
     (out / "labels.json").write_text(json.dumps(list(data.labels)), encoding="utf-8")
     settings = dataclasses.replace(base, labels=data.labels, expected_nodes=len(parts))
     sizes = ", ".join(f"{n}={len(p.indices)}" for n, p in zip(names, parts, strict=True))
@@ -216,7 +228,7 @@ def launch_simulation(
     record = json.loads((prepared.out / "metrics.json").read_text(encoding="utf-8"))
     plot_accuracy(record, prepared.out / "accuracy.png")
     plot_epsilon(record, prepared.out / "epsilon.png")
-    ledgers = sorted((prepared.out / LEDGERS_DIR).glob("*.jsonl"))
+    ledgers = sorted(Path(settings.ledger_dir).glob("*.jsonl"))
     if ledgers:
         audit = prepared.out / "audit"
         write_report(build_report(ledgers), audit / "report.html", audit / "report.json")

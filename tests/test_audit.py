@@ -102,7 +102,9 @@ def _expect(result: audit.VerificationResult, kind: str, line: int) -> None:
 # ---------------------------------------------------------------- an honest ledger
 
 
-def test_honest_ledger_verifies(ledger_path: Path, node_key: Ed25519PrivateKey, cache) -> None:  # type: ignore[no-untyped-def]
+def test_honest_ledger_verifies(
+    ledger_path: Path, node_key: Ed25519PrivateKey, cache: EpsilonCache
+) -> None:
     result = verify_ledger(ledger_path, epsilon_cache=cache)
     assert result.ok and result.problem is None and result.kind is None
     assert result.entries == result.lines == len(SPENDS)
@@ -115,7 +117,9 @@ def test_honest_ledger_verifies(ledger_path: Path, node_key: Ed25519PrivateKey, 
     assert result.final_hash == json.loads(_lines(ledger_path)[-1])["hash"]
 
 
-def test_without_a_public_key_signatures_are_unchecked(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_public_key_signatures_are_unchecked(
+    ledger_path: Path, cache: EpsilonCache
+) -> None:
     ledger_public_key_path(ledger_path).unlink()
     result = verify_ledger(ledger_path, epsilon_cache=cache)
     assert result.ok and result.signatures == "unchecked" and result.key_fingerprint is None
@@ -175,27 +179,27 @@ def test_parallel_workers_give_the_same_result(
     ],
 )
 @pytest.mark.parametrize("line", [1, 2, 4])
-def test_editing_any_field_is_detected(  # type: ignore[no-untyped-def]
-    ledger_path: Path, field: str, change: Callable[[Any], Any], line: int, cache
+def test_editing_any_field_is_detected(
+    ledger_path: Path, field: str, change: Callable[[Any], Any], line: int, cache: EpsilonCache
 ) -> None:
     _rewrite(ledger_path, line, lambda entry: entry.__setitem__(field, change(entry[field])))
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "edited", line)
 
 
-def test_deleting_a_middle_entry_is_detected(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+def test_deleting_a_middle_entry_is_detected(ledger_path: Path, cache: EpsilonCache) -> None:
     lines = _lines(ledger_path)
     ledger_path.write_text("".join(lines[:1] + lines[2:]))
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "deleted", 2)
 
 
-def test_deleting_the_first_entry_is_detected(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+def test_deleting_the_first_entry_is_detected(ledger_path: Path, cache: EpsilonCache) -> None:
     ledger_path.write_text("".join(_lines(ledger_path)[1:]))
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "deleted", 1)
 
 
 @pytest.mark.parametrize(("first", "second"), [(1, 2), (2, 3), (3, 4), (1, 4)])
-def test_swapping_two_entries_is_detected(  # type: ignore[no-untyped-def]
-    ledger_path: Path, first: int, second: int, cache
+def test_swapping_two_entries_is_detected(
+    ledger_path: Path, first: int, second: int, cache: EpsilonCache
 ) -> None:
     lines = _lines(ledger_path)
     lines[first - 1], lines[second - 1] = lines[second - 1], lines[first - 1]
@@ -203,13 +207,15 @@ def test_swapping_two_entries_is_detected(  # type: ignore[no-untyped-def]
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "reordered", first)
 
 
-def test_a_repeated_entry_is_detected(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+def test_a_repeated_entry_is_detected(ledger_path: Path, cache: EpsilonCache) -> None:
     lines = _lines(ledger_path)
     ledger_path.write_text("".join(lines[:3] + lines[2:]))
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "reordered", 4)
 
 
-def test_a_signature_by_another_key_is_detected(ledger_path: Path, node_key, cache) -> None:  # type: ignore[no-untyped-def]
+def test_a_signature_by_another_key_is_detected(
+    ledger_path: Path, node_key: Ed25519PrivateKey, cache: EpsilonCache
+) -> None:
     other = Ed25519PrivateKey.generate()
     _rewrite(ledger_path, 3, lambda e: e.__setitem__("signature", sign_hash(e["hash"], other)))
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "bad_signature", 3)
@@ -218,12 +224,16 @@ def test_a_signature_by_another_key_is_detected(ledger_path: Path, node_key, cac
 
 
 @pytest.mark.parametrize("garbage", ["", "not base64!", "QUJD", "A" * 88])
-def test_a_garbage_signature_is_detected(ledger_path: Path, garbage: str, cache) -> None:  # type: ignore[no-untyped-def]
+def test_a_garbage_signature_is_detected(
+    ledger_path: Path, garbage: str, cache: EpsilonCache
+) -> None:
     _rewrite(ledger_path, 2, lambda entry: entry.__setitem__("signature", garbage))
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "bad_signature", 2)
 
 
-def test_truncation_mid_line_is_a_torn_tail_that_repair_fixes(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+def test_truncation_mid_line_is_a_torn_tail_that_repair_fixes(
+    ledger_path: Path, cache: EpsilonCache
+) -> None:
     data = ledger_path.read_bytes()
     ledger_path.write_bytes(data[: len(data) - 60])
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "torn_tail", len(SPENDS))
@@ -232,7 +242,7 @@ def test_truncation_mid_line_is_a_torn_tail_that_repair_fixes(ledger_path: Path,
     assert repaired.ok and repaired.entries == len(SPENDS) - 1
 
 
-def test_a_malformed_middle_line_is_not_a_torn_tail(ledger_path: Path, cache) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_middle_line_is_not_a_torn_tail(ledger_path: Path, cache: EpsilonCache) -> None:
     lines = _lines(ledger_path)
     lines[1] = lines[1][:40] + "\n"
     ledger_path.write_text("".join(lines))
@@ -253,15 +263,17 @@ def _forge_epsilon(
     _rewrite(path, line, forge)
 
 
-def test_forged_epsilon_resigned_with_another_key(ledger_path: Path, node_key, cache) -> None:  # type: ignore[no-untyped-def]
+def test_forged_epsilon_resigned_with_another_key(
+    ledger_path: Path, node_key: Ed25519PrivateKey, cache: EpsilonCache
+) -> None:
     forger = Ed25519PrivateKey.generate()
     _forge_epsilon(ledger_path, len(SPENDS), forger)
     result = verify_ledger(ledger_path, node_key.public_key(), epsilon_cache=cache)
     _expect(result, "bad_signature", len(SPENDS))
 
 
-def test_a_rebuilt_chain_fails_on_the_key_or_on_epsilon(  # type: ignore[no-untyped-def]
-    ledger_path: Path, node_key, cache
+def test_a_rebuilt_chain_fails_on_the_key_or_on_epsilon(
+    ledger_path: Path, node_key: Ed25519PrivateKey, cache: EpsilonCache
 ) -> None:
     # The forger lowers ε on line 2, then rebuilds every hash, re-signs every line with
     # their own key and swaps the public key beside the ledger: internally consistent.
@@ -289,8 +301,8 @@ def test_a_rebuilt_chain_fails_on_the_key_or_on_epsilon(  # type: ignore[no-unty
 
 
 @pytest.mark.parametrize(("field", "factor"), [("epsilon", 0.5), ("epsilon_rdp", 2.0)])
-def test_node_recording_a_wrong_epsilon_is_caught(  # type: ignore[no-untyped-def]
-    ledger_path: Path, node_key, field: str, factor: float, cache
+def test_node_recording_a_wrong_epsilon_is_caught(
+    ledger_path: Path, node_key: Ed25519PrivateKey, field: str, factor: float, cache: EpsilonCache
 ) -> None:
     # The key holder itself signs a wrong ε: only recomputation can catch that.
     _forge_epsilon(ledger_path, len(SPENDS), node_key, field, factor)
@@ -381,8 +393,12 @@ def test_a_thousand_entry_ledger_verifies_and_tampering_deep_inside_shows(
 # ---------------------------------------------------------------- the report
 
 
-def test_report_on_an_honest_and_a_tampered_ledger(  # type: ignore[no-untyped-def]
-    tmp_path: Path, ledger_path: Path, pristine: Path, node_key, cache
+def test_report_on_an_honest_and_a_tampered_ledger(
+    tmp_path: Path,
+    ledger_path: Path,
+    pristine: Path,
+    node_key: Ed25519PrivateKey,
+    cache: EpsilonCache,
 ) -> None:
     evil_key = Ed25519PrivateKey.generate()
     evil = tmp_path / "evil" / "n.jsonl"

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from privacy.accounting import DPEvent, compute_epsilon
 from privacy.ledger import (
     GENESIS_HASH,
+    LedgerEntry,
     LedgerError,
     PrivacyLedger,
     dataset_fingerprint,
@@ -46,7 +47,9 @@ def _ledger(path: Path, key: Ed25519PrivateKey, **overrides: str) -> PrivacyLedg
     return PrivacyLedger(path, node_id=node_id, dataset_fingerprint=fingerprint, signing_key=key)
 
 
-def _spend(ledger: PrivacyLedger, run_id: str, round_: int, event: DPEvent, **kw: float):  # type: ignore[no-untyped-def]
+def _spend(
+    ledger: PrivacyLedger, run_id: str, round_: int, event: DPEvent, **kw: float
+) -> LedgerEntry:
     return ledger.append_spend(
         run_id=run_id,
         round=round_,

@@ -91,6 +91,8 @@ def test_node_config_for_deployed_and_simulated_nodes(tmp_path) -> None:  # type
     assert node.node_name == "ward" and node.budget_epsilon == 2.5
     with pytest.raises(ValueError, match="node-dir"):
         node_settings_from_config({"data-path": "/data/ward.csv"}, run)
+    with pytest.raises(ValueError, match="'budget-epsilon' .* is required"):
+        node_settings_from_config({"data-path": "/data/w.csv", "node-dir": str(tmp_path)}, run)
     with pytest.raises(ValueError, match="must set 'data-path'"):
         node_settings_from_config({}, run)
 
@@ -101,5 +103,5 @@ def test_round_plan_round_trip_and_validation() -> None:
     assert plan.remaining_rounds == 4
     with pytest.raises(ValueError, match="lacks 'clip-norm'"):
         RoundPlan.from_config({k: v for k, v in plan.to_config().items() if k != "clip-norm"})
-    with pytest.raises(ValueError, match="outside 1..5"):
+    with pytest.raises(ValueError, match=r"outside 1\.\.5"):
         RoundPlan(6, 5, 1, 32, 0.01, 1.0, 8.0, 0.0, "abc", "def")

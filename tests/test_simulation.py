@@ -56,7 +56,9 @@ def finished_run(tmp_path_factory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("sim")
     before = _children()
     logs: list[str] = []
-    prepared = prepare_simulation(_config(out), log=logs.append)
+    # the real all-MiniLM-L6-v2: a random tiny encoder cannot show learning under DP in 2 rounds
+    config = _config(out, model=ModelConfig(max_length=64))
+    prepared = prepare_simulation(config, log=logs.append)
     record = launch_simulation(prepared, log=logs.append)
     return out, prepared, record, logs, before
 
@@ -192,3 +194,37 @@ def _group_survivors(group: int, wait: float = 10.0) -> list[str]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.5)
+
+
+def test_runs_accumulate_and_a_spent_node_declines(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ledgers = tmp_path / "ledgers"
+    first = dataclasses.replace(_config(tmp_path / "run1", rounds=1), ledger_dir=ledgers)
+    launch_simulation(prepare_simulation(first, log=lambda _: None), log=lambda _: None)
+    after_first = {n: read_ledger(ledgers / f"{n}.jsonl")[-1].epsilon for n in ("bank_a", "bank_c")}
+    assert all(7.9 < eps <= 8.0 for eps in after_first.values())
+
+    # run 2: the nodes' operators raised their budgets to 16, except bank_c (still 8)
+    second = dataclasses.replace(
+        _config(tmp_path / "run2", rounds=2, dp=DPConfig(target_epsilon=16.0)),
+        ledger_dir=ledgers,
+        node_budgets=(("bank_c", 8.0),),
+    )
+    logs: list[str] = []
+    record = launch_simulation(prepare_simulation(second, log=logs.append), log=logs.append)
+    assert all(r["completed"] for r in record["rounds"])  # the others go on
+    assert record["stopped_nodes"]["bank_c"]["round"] == 1
+    assert any("bank_c declined" in line for line in logs)
+    assert record["rounds"][1]["nodes"]["bank_c"] == {
+        "participated": False,
+        "stopped": True,
+        "bytes_sent": 0,
+        "bytes_received": 0,
+    }
+    bank_a = read_ledger(ledgers / "bank_a.jsonl")
+    assert len({e.run_id for e in bank_a}) == 2 and len(bank_a) == 3
+    assert bank_a[1].epsilon > after_first["bank_a"]  # run 2 starts where run 1 ended
+    assert 15.9 < bank_a[-1].epsilon <= 16.0
+    assert len(read_ledger(ledgers / "bank_c.jsonl")) == 1  # nothing charged for declining
+    report = json.loads((tmp_path / "run2" / "audit" / "report.json").read_text())
+    assert {n["node_id"] for n in report["nodes"]} == {"bank_a", "bank_b", "bank_c"}
+    assert all(n["verification"]["status"] == "OK" for n in report["nodes"])
