@@ -8,6 +8,7 @@ impossible settings) end with one clear line and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from client.run_settings import RunSettings
 from client.synthetic import SyntheticConfig
 from sim.audit_commands import add_audit_parsers, cmd_audit, cmd_node
 from sim.partitioning import PartitionScheme
-from sim.simulation import SimConfig
+from sim.simulation import PreparedSimulation, SimConfig
 from sim.train_job import TrainJobConfig, run_train_job
 
 EPILOG_TRAIN = """\
@@ -214,6 +215,12 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the node files and test split, print the equivalent `flwr run` command, "
+        "and stop (to run the same apps the Flower way)",
+    )
+    p.add_argument(
         "--ledger-dir",
         type=Path,
         help="nodes' ledger directory (default: OUT/ledgers); share it across runs to "
@@ -401,6 +408,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     config = sim_config_from_args(args)
     prepared = prepare_simulation(config)
+    if args.prepare_only:
+        print(flwr_run_command(prepared))
+        return 0
     record = launch_simulation(prepared, config.cpus_per_node)
     final = record["final"] or {}
     initial = record.get("initial") or {}
@@ -427,6 +437,26 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def flwr_run_command(prepared: PreparedSimulation) -> str:
+    """The ``flwr run`` command line that runs a prepared simulation through Flower's CLI."""
+    overrides = []
+    for key, value in prepared.settings.to_run_config().items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(
+                str(Path(value).resolve()) if key.endswith(("-dir", "-data")) and value else value
+            )
+        else:
+            text = repr(value)
+        overrides.append(f"{key}={text}")
+    config = " ".join(overrides)
+    return (
+        f"flwr run . local --federation-config 'num-supernodes={len(prepared.node_names)}' "
+        f"--run-config '{config}'"
+    )
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
