@@ -201,7 +201,11 @@ class DeltaFedAvg(FedAvg):
                 self.log(f"round {state.number}: {name} declined: {reason}")
                 continue
             arrays = parameters_to_ndarrays(fit_res.parameters)
-            self._check_layout(name, arrays)
+            layout_problem = self._layout_problem(arrays)
+            if layout_problem:
+                # never average what is not this adapter's delta; the round goes on without it
+                failures = [*failures, RuntimeError(f"{NODE_ERROR_PREFIX}{name}] {layout_problem}")]
+                continue
             deltas.append(arrays)
             weights.append(float(fit_res.num_examples))
             if "train_loss" in metrics:
@@ -239,13 +243,15 @@ class DeltaFedAvg(FedAvg):
         self._apply(deltas, weights)
         return ndarrays_to_parameters(list(self.global_state.values())), {}
 
-    def _check_layout(self, name: str, arrays: list[np.ndarray]) -> None:
+    def _layout_problem(self, arrays: list[np.ndarray]) -> str | None:
         expected = [v.shape for v in self.global_state.values()]
         got = [a.shape for a in arrays]
-        if got != expected:
-            raise ValueError(
-                f"node {name} returned tensors of shapes {got[:3]}..., expected adapter shapes"
-            )
+        if got == expected and all(np.all(np.isfinite(a)) for a in arrays):
+            return None
+        return (
+            f"returned {len(got)} tensors that are not a finite delta of this adapter "
+            f"({len(expected)} tensors expected)"
+        )
 
     def _apply(self, deltas: list[list[np.ndarray]], weights: list[float]) -> None:
         if self.settings.weighting == "examples" and sum(weights) > 0:
