@@ -170,7 +170,11 @@ def prepare_simulation(config: SimConfig, log: Callable[[str], None] = print) ->
     write_partition_files(partitions, names, rows, *columns, node_configs=budgets)
     (out / "labels.json").write_text(json.dumps(list(data.labels)), encoding="utf-8")
     settings = dataclasses.replace(base, labels=data.labels, expected_nodes=len(parts))
-    sizes = ", ".join(f"{n}={len(p.indices)}" for n, p in zip(names, parts, strict=True))
+    if len(parts) <= 12:
+        sizes = ", ".join(f"{n}={len(p.indices)}" for n, p in zip(names, parts, strict=True))
+    else:
+        counts = sorted(len(p.indices) for p in parts)
+        sizes = f"sizes {counts[0]}..{counts[-1]}, median {counts[len(counts) // 2]}"
     log(
         f"data: {len(train_idx)} train records in {len(parts)} nodes ({sizes}); "
         f"{len(test_idx)} held out for the server's test split; {len(data.labels)} labels"

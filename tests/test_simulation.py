@@ -228,3 +228,24 @@ def test_runs_accumulate_and_a_spent_node_declines(tmp_path) -> None:  # type: i
     report = json.loads((tmp_path / "run2" / "audit" / "report.json").read_text())
     assert {n["node_id"] for n in report["nodes"]} == {"bank_a", "bank_b", "bank_c"}
     assert all(n["verification"]["status"] == "OK" for n in report["nodes"])
+
+
+@pytest.mark.slow
+def test_scale_hundred_nodes_ten_per_round(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The scale test: 100 simulated institutions, 10 sampled per round, tiny model."""
+    config = SimConfig(
+        out=tmp_path,
+        settings=RunSettings(
+            rounds=2,
+            nodes_per_round=10,
+            expected_nodes=100,
+            model=ModelConfig(model="tiny", max_length=32),
+            train=TrainConfig(epochs=1, batch_size=8),
+        ),
+        partition=PartitionScheme.parse("iid"),
+        nodes=100,
+    )
+    record = launch_simulation(prepare_simulation(config, log=lambda _: None), log=lambda _: None)
+    assert [r["completed"] for r in record["rounds"]] == [True, True]
+    assert all(sum(n["participated"] for n in r["nodes"].values()) == 10 for r in record["rounds"])
+    assert all(eps <= 8.0 for eps in record["final"]["epsilon"].values())
