@@ -137,7 +137,8 @@ examples:
       --nodes 10 --partition dirichlet:0.5 --nodes-per-round 5 --rounds 10 --epsilon 3 \\
       --out runs/d05
   # scale test: 100 nodes, tiny model, 10 per round:
-  fedlora sim --model tiny --nodes 100 --nodes-per-round 10 --partition iid --out runs/scale
+  fedlora sim --model tiny --nodes 100 --nodes-per-round 10 --partition iid --batch-size 8 \\
+      --out runs/scale
   # continue an interrupted run:
   fedlora sim --out runs/sim --resume
 

@@ -91,7 +91,7 @@ def test_node_config_for_deployed_and_simulated_nodes(tmp_path) -> None:  # type
     assert node.node_name == "ward" and node.budget_epsilon == 2.5
     with pytest.raises(ValueError, match="node-dir"):
         node_settings_from_config({"data-path": "/data/ward.csv"}, run)
-    with pytest.raises(ValueError, match="'budget-epsilon' .* is required"):
+    with pytest.raises(ValueError, match=r"'budget-epsilon' .* is required"):
         node_settings_from_config({"data-path": "/data/w.csv", "node-dir": str(tmp_path)}, run)
     with pytest.raises(ValueError, match="must set 'data-path'"):
         node_settings_from_config({}, run)
