@@ -41,6 +41,9 @@ from privacy.ledger import PrivacyLedger, dataset_fingerprint
 from privacy.signing_keys import ensure_signing_key
 
 DECLINE_BUDGET = "budget_exhausted"
+#: Above this σ an update is mostly noise: a node whose remaining budget would need more
+#: declines instead of spending the rest of it on nothing useful.
+MAX_USEFUL_NOISE_MULTIPLIER = 10.0
 
 
 @dataclass
@@ -161,6 +164,7 @@ def _calibrated_sigma(
             steps.steps * plan.remaining_rounds,
             prior_events=prior,
             initial_guess=prior[-1].noise_multiplier if prior else None,
+            max_noise_multiplier=MAX_USEFUL_NOISE_MULTIPLIER,
         )
     except ValueError as exc:
         return None, str(exc)

@@ -152,6 +152,7 @@ def calibrate_noise_multiplier(
     accountant: str = "prv",
     relative_tolerance: float = 0.005,
     initial_guess: float | None = None,
+    max_noise_multiplier: float = MAX_NOISE_MULTIPLIER,
 ) -> float:
     """Smallest σ (within tolerance) whose ε after ``prior_events`` plus ``steps`` new steps
     at rate ``sample_rate`` does not exceed ``target_epsilon``.
@@ -179,12 +180,14 @@ def calibrate_noise_multiplier(
         Stop when the σ bracket is narrower than this fraction of σ.
     initial_guess
         A σ expected to be close (e.g. last round's); only speeds the search up.
+    max_noise_multiplier
+        The largest σ worth training with; above it the target counts as unreachable.
 
     Raises
     ------
     ValueError
         If the prior spend alone already exceeds the target, or no σ up to
-        ``MAX_NOISE_MULTIPLIER`` reaches it.
+        ``max_noise_multiplier`` reaches it.
     """
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon}")
@@ -204,7 +207,7 @@ def calibrate_noise_multiplier(
         eps = _epsilon_or_inf([*prior, DPEvent(sigma, sample_rate, steps)], delta, accountant)
         return math.inf if math.isinf(eps) else math.log(max(eps, 1e-300) / target_epsilon)
 
-    low, high = _bracket(excess, initial_guess)
+    low, high = _bracket(excess, initial_guess, max_noise_multiplier)
     f_low, f_high = excess(low) if low > 0 else math.inf, excess(high)
     side = 0
     while high - low > relative_tolerance * high:
@@ -227,21 +230,23 @@ def calibrate_noise_multiplier(
     return high
 
 
-def _bracket(excess: Callable[[float], float], guess: float | None) -> tuple[float, float]:
+def _bracket(
+    excess: Callable[[float], float], guess: float | None, ceiling: float
+) -> tuple[float, float]:
     """(low, high) with excess(low) > 0 >= excess(high); low may be 0."""
-    if guess is not None and guess > 0:
+    if guess is not None and 0 < guess * 1.02 <= ceiling:
         low, high = guess * 0.98, guess * 1.02
         if excess(high) <= 0:
             return (low, high) if excess(low) > 0 else (0.0, low)
         low = high
     else:
         low = 0.0
-    high = max(low * 2, 1.0)
+    high = min(max(low * 2, 1.0), ceiling)
     while excess(high) > 0:
-        low, high = high, high * 2
-        if high > MAX_NOISE_MULTIPLIER:
+        if high >= ceiling:
             raise ValueError(
-                f"no noise multiplier up to {MAX_NOISE_MULTIPLIER:g} reaches the target ε "
+                f"no noise multiplier up to {ceiling:g} keeps ε within the target "
                 "with this δ, sampling rate and number of steps"
             )
+        low, high = high, min(high * 2, ceiling)
     return low, high

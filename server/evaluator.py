@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from client.data_loading import DataConfig, load_labelled_texts
 
 from client.batching import tokenize_texts
+from client.data_loading import DataConfig, load_labelled_texts
 from client.dp_training import bf16_supported
 from client.evaluation import EvalResult, evaluate
 from client.model import build_model, load_adapter_state, load_tokenizer

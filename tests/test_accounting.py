@@ -88,3 +88,13 @@ def test_default_delta() -> None:
 def test_unknown_accountant_is_named() -> None:
     with pytest.raises(ValueError, match="unknown accountant 'gdp'"):
         compute_epsilon([DPEvent(1.0, 0.1, 1)], 1e-5, "gdp")
+
+
+def test_calibration_refuses_a_useless_noise_level() -> None:
+    prior = [DPEvent(0.8, 0.1, 100)]
+    spent = compute_epsilon(prior, 1e-5)
+    # a sliver of budget left: only an absurd σ would fit two more rounds
+    with pytest.raises(ValueError, match="no noise multiplier up to 10 "):
+        calibrate_noise_multiplier(
+            spent + 1e-3, 1e-5, 0.1, 50, prior_events=prior, max_noise_multiplier=10.0
+        )
