@@ -22,7 +22,17 @@ def _tool(name: str) -> str:
 
 def test_ruff_is_clean() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "check", "--no-cache", "client", "server", "privacy", "sim", "tests", "bench"],
+        [
+            _tool("ruff"),
+            "check",
+            "--no-cache",
+            "client",
+            "server",
+            "privacy",
+            "sim",
+            "tests",
+            "bench",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
