@@ -89,13 +89,12 @@ def ledger_paths(settings: NodeSettings, run: RunSettings, fingerprint: str) -> 
 
 def _open_ledger(settings: NodeSettings, run: RunSettings, fingerprint: str) -> PrivacyLedger:
     path, key_dir = ledger_paths(settings, run, fingerprint)
-    key = ensure_signing_key(key_dir)
-    public_copy = path.with_suffix(".pub.pem")
-    public_source = key_dir / "ledger_signing_key.pub.pem"
-    if not public_copy.exists() and public_source.exists() and public_copy != public_source:
-        public_copy.write_bytes(public_source.read_bytes())
+    # the ledger writes its public key beside itself (<stem>.pub.pem) for auditors
     return PrivacyLedger(
-        path, node_id=settings.node_name, dataset_fingerprint=fingerprint, signing_key=key
+        path,
+        node_id=settings.node_name,
+        dataset_fingerprint=fingerprint,
+        signing_key=ensure_signing_key(key_dir),
     )
 
 
