@@ -66,6 +66,10 @@ def plot_epsilon(record: dict[str, Any], path: Path) -> None:
 
 
 def _save(plt: Any, fig: Any, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     fig.tight_layout()
     with atomic_writer(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110)
