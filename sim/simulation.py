@@ -219,7 +219,7 @@ def launch_simulation(
             "log_to_driver": False,
         },
     }
-    with _exit_cleanly_on_signals(log):
+    with DescendantTracker() as tracker, _exit_cleanly_on_signals(log, tracker):
         try:
             run_simulation(
                 server_app=make_server_app(settings, log),
@@ -228,7 +228,7 @@ def launch_simulation(
                 backend_config=backend_config,
             )
         finally:
-            stop_ray_and_children()
+            stop_ray_and_children(tracker=tracker)
     record = json.loads((prepared.out / "metrics.json").read_text(encoding="utf-8"))
     plot_accuracy(record, prepared.out / "accuracy.png")
     plot_epsilon(record, prepared.out / "epsilon.png")
@@ -243,7 +243,9 @@ INTERRUPTED_EXIT_CODE = 130
 
 
 @contextlib.contextmanager
-def _exit_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
+def _exit_cleanly_on_signals(
+    log: Callable[[str], None], tracker: DescendantTracker
+) -> Iterator[None]:
     """On Ctrl-C or SIGTERM: stop Ray and every child process, then exit 130.
 
     Flower's simulation loop does not unwind on KeyboardInterrupt (its server runs in a thread
@@ -256,13 +258,15 @@ def _exit_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
         return
 
     def handler(signum: int, _frame: object) -> None:
-        log(
-            f"\ninterrupted ({signal.Signals(signum).name}): stopping Ray and node processes; "
-            "completed rounds are saved, continue with --resume"
-        )
-        stop_ray_and_children(grace_seconds=5.0)
-        sys.stdout.flush()
-        os._exit(INTERRUPTED_EXIT_CODE)
+        try:
+            log(
+                f"\ninterrupted ({signal.Signals(signum).name}): stopping Ray and node "
+                "processes; completed rounds are saved, continue with --resume"
+            )
+            stop_ray_and_children(grace_seconds=5.0, tracker=tracker)
+            sys.stdout.flush()
+        finally:
+            os._exit(INTERRUPTED_EXIT_CODE)  # whatever Ray was doing, this process ends here
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -272,8 +276,71 @@ def _exit_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def stop_ray_and_children(grace_seconds: float = 10.0) -> list[int]:
-    """Shut Ray down and terminate (then kill) any child process left; returns their PIDs."""
+class DescendantTracker:
+    """Remembers every process this one starts, even after it is re-parented.
+
+    On Ctrl-C the terminal signals the whole process group: Ray's raylet may die first and its
+    own children (agents, workers) are re-parented away from us, out of reach of a
+    ``children()`` walk at exit. Polling while the run is alive keeps their PIDs (with start
+    times, so a recycled PID is never touched).
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self._seen: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._poll, name="descendant-tracker", daemon=True)
+
+    def __enter__(self) -> DescendantTracker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.snapshot()
+            self._stop.wait(self._interval)
+
+    def snapshot(self) -> None:
+        """Record the current descendants."""
+        import psutil
+
+        for child in self._me.children(recursive=True):
+            with contextlib.suppress(psutil.Error), self._lock:
+                self._seen[child.pid] = child.create_time()
+
+    def processes(self) -> list[Any]:
+        """Every recorded descendant that is still the same process."""
+        import psutil
+
+        self.snapshot()
+        alive = []
+        with self._lock:
+            seen = dict(self._seen)
+        for pid, started in seen.items():
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if process.create_time() == started:
+                    alive.append(process)
+        return alive
+
+
+def stop_ray_and_children(
+    grace_seconds: float = 10.0, tracker: DescendantTracker | None = None
+) -> list[int]:
+    """Shut Ray down and terminate (then kill) every process this one started.
+
+    Returns
+    -------
+    list of int
+        PIDs that had to be signalled.
+    """
     import psutil
 
     try:
@@ -281,14 +348,17 @@ def stop_ray_and_children(grace_seconds: float = 10.0) -> list[int]:
 
         if ray.is_initialized():
             ray.shutdown()
-    except ImportError:
+    except Exception:  # stopping the processes below matters more than a clean shutdown
         pass
-    children = psutil.Process().children(recursive=True)
-    for child in children:
+    found = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    if tracker is not None:
+        found.update({p.pid: p for p in tracker.processes()})
+    processes = list(found.values())
+    for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace_seconds)
-    for child in alive:
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_seconds)
+    for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    return [c.pid for c in children]
+            process.kill()
+    return sorted(found)
