@@ -19,6 +19,7 @@ output.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from client.data_loading import DataConfig
 from client.redaction import PII_KINDS
 from privacy.durable_io import atomic_writer
 
@@ -1038,3 +1040,32 @@ def write_jsonl(rows: Sequence[Mapping[str, str]], path: Path) -> None:
             stream.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     _write_atomically(Path(path), write)
+
+
+def write_embedded_data(path: Path, config: SyntheticConfig, data_config: DataConfig) -> DataConfig:
+    """Write the embedded data set to ``path`` (CSV) and return how to read it back.
+
+    Parameters
+    ----------
+    path
+        Destination CSV file.
+    config
+        Generator settings.
+    data_config
+        The caller's data settings; columns are set to the generated ones, and the label set
+        to the generator's unless the caller fixed one.
+
+    Returns
+    -------
+    DataConfig
+        Settings for :func:`client.data_loading.load_labelled_texts` on ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(generate_records(config), path)
+    return dataclasses.replace(
+        data_config,
+        text_column="text",
+        label_column="label",
+        id_column="id",
+        labels=data_config.labels or labels_for(config.domains),
+    )

@@ -55,7 +55,9 @@ def run_federation(
     else:
         record = RunRecord(out, config)
     record.released_statistics = released_statistics(settings)
-    evaluator = TestSetEvaluator(settings, Path(settings.test_data)) if settings.test_data else None
+    evaluator = (
+        TestSetEvaluator(settings, Path(settings.test_data), model) if settings.test_data else None
+    )
     strategy = DeltaFedAvg(
         settings, state, frozen_adapter_digest(model), record, evaluator, offset, log
     )

@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from client.batching import tokenize_texts
 from client.data_loading import DataConfig, load_labelled_texts
 from client.dp_training import bf16_supported
 from client.evaluation import EvalResult, evaluate
-from client.model import build_model, load_adapter_state, load_tokenizer
+from client.model import load_adapter_state, load_tokenizer
 from client.run_settings import RunSettings
 
 
@@ -24,7 +25,7 @@ class TestSetEvaluator:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, settings: RunSettings, test_path: Path) -> None:
+    def __init__(self, settings: RunSettings, test_path: Path, model: nn.Module) -> None:
         data = load_labelled_texts(
             test_path,
             DataConfig(
@@ -40,7 +41,7 @@ class TestSetEvaluator:
             data.label_ids,
             settings.model.max_length,
         )
-        self.model = build_model(settings.model, self.num_labels)
+        self.model = model  # the server's one model: evaluation reloads its adapter
         self.bf16 = bf16_supported() if settings.train.bf16 is None else settings.train.bf16
 
     def __call__(self, trainable_state: Mapping[str, np.ndarray]) -> EvalResult:

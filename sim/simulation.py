@@ -26,7 +26,7 @@ import numpy as np
 
 from client.data_loading import DataConfig, LabelledTexts, load_labelled_texts
 from client.run_settings import RunSettings
-from client.synthetic import SyntheticConfig, generate_records, labels_for, write_csv
+from client.synthetic import SyntheticConfig, write_embedded_data
 from privacy.audit import build_report, write_report
 from sim.partition_files import INDEX_FILE, write_partition_files
 from sim.partitioning import PartitionScheme, partition_records
@@ -99,15 +99,9 @@ class PreparedSimulation:
 def _load_source(config: SimConfig) -> LabelledTexts:
     if config.data is None:
         path = config.out / "data" / "embedded.csv"
-        write_csv(generate_records(config.synthetic), path)
-        data_config = dataclasses.replace(
-            config.data_config,
-            text_column="text",
-            label_column="label",
-            id_column="id",
-            labels=config.data_config.labels or labels_for(config.synthetic.domains),
+        return load_labelled_texts(
+            path, write_embedded_data(path, config.synthetic, config.data_config)
         )
-        return load_labelled_texts(path, data_config)
     return load_labelled_texts(config.data, config.data_config)
 
 

@@ -35,7 +35,7 @@ from client.dp_training import (
 from client.evaluation import EvalResult, evaluate
 from client.model import ModelConfig, adapter_state, build_model, load_tokenizer
 from client.redaction import RedactionConfig, Redactor
-from client.synthetic import SyntheticConfig, generate_records, labels_for, write_csv
+from client.synthetic import SyntheticConfig, write_embedded_data
 from privacy.durable_io import write_json_atomic
 from sim.splits import stratified_split
 
@@ -92,19 +92,6 @@ class JobData:
     redaction_counts: dict[str, int]
 
 
-def _embedded_data(job: TrainJobConfig) -> tuple[Path, DataConfig]:
-    path = job.out / EMBEDDED_DATA_FILE
-    write_csv(generate_records(job.synthetic), path)
-    config = dataclasses.replace(
-        job.data_config,
-        text_column="text",
-        label_column="label",
-        id_column="id",
-        labels=labels_for(job.synthetic.domains),
-    )
-    return path, config
-
-
 def _redact(data: LabelledTexts, redactor: Redactor | None, counts: dict[str, int]) -> list[str]:
     if redactor is None:
         return list(data.texts)
@@ -117,7 +104,8 @@ def _redact(data: LabelledTexts, redactor: Redactor | None, counts: dict[str, in
 def prepare_data(job: TrainJobConfig, tokenizer: Any) -> JobData:
     """Load, validate, split, redact and tokenize the job's data (each text tokenized once)."""
     if job.data is None:
-        path, data_config = _embedded_data(job)
+        path = job.out / EMBEDDED_DATA_FILE
+        data_config = write_embedded_data(path, job.synthetic, job.data_config)
     else:
         path, data_config = job.data, job.data_config
     full = load_labelled_texts(path, data_config)
