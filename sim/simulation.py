@@ -9,6 +9,7 @@ leftover child processes are terminated on success, error and Ctrl-C alike.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -214,6 +215,9 @@ def launch_simulation(
         },
     }
     with DescendantTracker() as tracker, _exit_cleanly_on_signals(log, tracker):
+        # If a library's own signal handler ends the process (sys.exit), stop Ray's processes
+        # at interpreter exit too; the normal path unregisters this below.
+        atexit.register(stop_ray_and_children, 5.0, tracker)
         try:
             run_simulation(
                 server_app=make_server_app(settings, log),
@@ -223,6 +227,7 @@ def launch_simulation(
             )
         finally:
             stop_ray_and_children(tracker=tracker)
+            atexit.unregister(stop_ray_and_children)
     record = json.loads((prepared.out / "metrics.json").read_text(encoding="utf-8"))
     plot_accuracy(record, prepared.out / "accuracy.png")
     plot_epsilon(record, prepared.out / "epsilon.png")
