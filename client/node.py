@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,13 @@ from client.model import (
 )
 from client.round_plan import RoundPlan
 from client.run_settings import NodeSettings, RunSettings
-from privacy.accounting import DPEvent, calibrate_noise_multiplier, default_delta
-from privacy.ledger import PrivacyLedger, dataset_fingerprint
+from privacy.accounting import (
+    DPEvent,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    default_delta,
+)
+from privacy.ledger import LedgerEntry, PrivacyLedger, dataset_fingerprint
 from privacy.signing_keys import ensure_signing_key
 
 DECLINE_BUDGET = "budget_exhausted"
@@ -149,24 +155,54 @@ def node_budget(node: Node, plan: RoundPlan) -> tuple[float, float]:
     return float(budget), float(delta)
 
 
+def _sigma_of_this_run(
+    entries: Sequence[LedgerEntry], run_id: str, sample_rate: float, steps: int
+) -> float | None:
+    """The σ this run already trains with, if its last spend had the same q and steps."""
+    if not entries:
+        return None
+    last = entries[-1]
+    same_plan = last.sample_rate == sample_rate and last.steps == steps
+    return last.noise_multiplier if last.run_id == run_id and same_plan else None
+
+
 def _calibrated_sigma(
-    node: Node, plan: RoundPlan, budget: float, delta: float, prior: list[DPEvent]
+    node: Node,
+    plan: RoundPlan,
+    budget: float,
+    delta: float,
+    entries: Sequence[LedgerEntry],
+    run_id: str,
 ) -> tuple[float | None, str]:
-    """σ for this round so that all remaining planned rounds land on the budget, or a reason."""
+    """σ for this round so that all remaining planned rounds land on the budget, or a reason.
+
+    Within a run σ stays fixed: the σ calibrated in the run's first round for all its rounds
+    still fits the budget in later rounds (the history it implies is the same), and one σ
+    per run lets the ledger merge a run into one accounting event, so that verifying a
+    1,000-round history stays cheap. It is re-checked against the budget every round and
+    recalibrated when the plan changed or it no longer fits.
+    """
     assert node.ledger is not None
     steps = plan_steps(node.examples, plan.batch_size, plan.local_epochs)
-    try:
-        sigma = calibrate_noise_multiplier(
-            budget,
-            delta,
-            steps.sample_rate,
-            steps.steps * plan.remaining_rounds,
-            prior_events=prior,
-            initial_guess=prior[-1].noise_multiplier if prior else None,
-            max_noise_multiplier=MAX_USEFUL_NOISE_MULTIPLIER,
-        )
-    except ValueError as exc:
-        return None, str(exc)
+    prior = [entry.event for entry in entries]
+    sigma = _sigma_of_this_run(entries, run_id, steps.sample_rate, steps.steps)
+    if sigma is not None:
+        remaining = DPEvent(sigma, steps.sample_rate, steps.steps * plan.remaining_rounds)
+        if compute_epsilon([*prior, remaining], delta) > budget:
+            sigma = None
+    if sigma is None:
+        try:
+            sigma = calibrate_noise_multiplier(
+                budget,
+                delta,
+                steps.sample_rate,
+                steps.steps * plan.remaining_rounds,
+                prior_events=prior,
+                initial_guess=prior[-1].noise_multiplier if prior else None,
+                max_noise_multiplier=MAX_USEFUL_NOISE_MULTIPLIER,
+            )
+        except ValueError as exc:
+            return None, str(exc)
     projected, _ = node.ledger.projected_epsilon(
         DPEvent(sigma, steps.sample_rate, steps.steps), delta
     )
@@ -213,8 +249,9 @@ def run_round(
     if dp.enabled:
         assert node.ledger is not None
         budget, delta = node_budget(node, plan)
-        prior = node.ledger.events()
-        sigma, reason = _calibrated_sigma(node, plan, budget, delta, prior)
+        entries = node.ledger.entries()
+        prior = [entry.event for entry in entries]
+        sigma, reason = _calibrated_sigma(node, plan, budget, delta, entries, run_id)
         if sigma is None:
             return _decline(node, DECLINE_BUDGET, reason)
         dp = dataclasses.replace(dp, noise_multiplier=sigma, delta=delta)

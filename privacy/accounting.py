@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
 
+from privacy import rdp_memo
+
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 ADJACENCY = "add/remove one record"
 SAMPLING = "Poisson"
@@ -28,6 +30,8 @@ SAMPLING = "Poisson"
 PRV_EPS_ERROR = 0.01
 #: The largest noise multiplier calibration will consider before declaring a target unreachable.
 MAX_NOISE_MULTIPLIER = 1000.0
+
+rdp_memo.install()  # bit-identical results, without recomputing per-step RDP every call
 
 
 @dataclass(frozen=True)

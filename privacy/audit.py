@@ -1,11 +1,12 @@
 """Ledger verification and the compliance report.
 
 Why it exists: a compliance officer must be able to check, without trusting the node, that a
-ledger is the one the node wrote (hashes, chain, signatures) and that every ε in it follows
-from the recorded DP-SGD events (recomputed with the same accountant calls the node made),
-and then read what each node has spent in plain language. ``verify_ledger`` does the
-checking; ``build_report`` / ``write_report`` turn verified ledgers into a JSON document and
-a self-contained HTML page.
+ledger is the one the node wrote (hashes, chain, signatures) and that the ε in it follows
+from the recorded DP-SGD events (recomputed with the same accountant calls the node made:
+RDP at every entry, PRV at the last or, in full mode, at every entry), and then read what
+each node has spent in plain language. ``verify_ledger`` does the checking;
+``build_report`` / ``write_report`` turn verified ledgers into a JSON document and a
+self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from privacy.accounting import ADJACENCY, SAMPLING, DPEvent, compute_epsilon
+from privacy.accounting import ADJACENCY, PRV_EPS_ERROR, SAMPLING, DPEvent, compute_epsilon
 from privacy.durable_io import write_json_atomic, write_text_atomic
 from privacy.ledger import (
     LEDGER_ACCOUNTANT,
@@ -45,6 +46,9 @@ ACCOUNTANT_DESCRIPTION = "prv (Opacus PRVAccountant, upper bound)"
 CROSS_CHECK_DESCRIPTION = "rdp (Opacus RDPAccountant)"
 #: Relative tolerance between a recorded ε and the recomputed one.
 EPSILON_RTOL = 1e-9
+#: How far a PRV ε that is not recomputed may sit below the previous entry's or above the
+#: last entry's: twice the PRV accountant's error, as each is an upper bound within it.
+PRV_SLACK = 2 * PRV_EPS_ERROR
 #: Packages whose versions the report lists.
 REPORTED_PACKAGES: tuple[str, ...] = ("fedlora", "opacus", "torch", "flwr", "cryptography")
 
@@ -85,6 +89,8 @@ class VerificationResult:
         ``"verified"`` or ``"unchecked"`` (no public key given or found beside the ledger).
     final_hash
         Hash of the last verified entry, or None.
+    prv_recomputed
+        Which entries' PRV ε was recomputed exactly: ``"last entry"`` or ``"every entry"``.
     verified_entries
         The verified entries themselves.
     """
@@ -102,16 +108,22 @@ class VerificationResult:
     key_fingerprint: str | None
     signatures: str
     final_hash: str | None
+    prv_recomputed: str
     verified_entries: tuple[LedgerEntry, ...] = field(repr=False)
 
 
 def _recompute(history: History, delta: float) -> tuple[float, float]:
     """(PRV ε, RDP ε) of a merged history: exactly the calls ``append_spend`` makes."""
-    events = [DPEvent(sigma, rate, steps) for sigma, rate, steps in history]
+    events = history_events(history)
     return (
         compute_epsilon(events, delta, LEDGER_ACCOUNTANT),
         compute_epsilon(events, delta, "rdp"),
     )
+
+
+def history_events(history: History) -> list[DPEvent]:
+    """The events of a merged history, for ``compute_epsilon``."""
+    return [DPEvent(sigma, rate, steps) for sigma, rate, steps in history]
 
 
 def event_histories(events: Iterable[DPEvent]) -> list[History]:
@@ -179,18 +191,35 @@ def recompute_epsilons(
 
 
 def _epsilon_problem(entry: LedgerEntry, history: History, cache: EpsilonCache) -> str | None:
-    key = (history, entry.delta)
-    if key not in cache:
-        try:
-            cache[key] = _recompute(history, entry.delta)
-        except _ACCOUNTING_ERRORS as exc:
-            return f"ε cannot be recomputed from the recorded events: {type(exc).__name__}: {exc}"
-    prv, rdp = cache[key]
+    """Exact check: both recorded ε equal their recomputation, and PRV ε ≤ RDP ε."""
+    try:
+        prv, rdp = _cached_recompute(history, entry.delta, cache)
+    except _ACCOUNTING_ERRORS as exc:
+        return f"ε cannot be recomputed from the recorded events: {type(exc).__name__}: {exc}"
     if not math.isclose(entry.epsilon, prv, rel_tol=EPSILON_RTOL):
         return (
             f"recorded ε={entry.epsilon!r} but the recorded events give ε={prv!r} "
             f"({LEDGER_ACCOUNTANT}, δ={entry.delta:g})"
         )
+    return _rdp_problem(entry, rdp)
+
+
+def _cached_recompute(history: History, delta: float, cache: EpsilonCache) -> tuple[float, float]:
+    """``_recompute`` through ``cache``; raises what the accountants raise."""
+    if (history, delta) not in cache:
+        cache[(history, delta)] = _recompute(history, delta)
+    return cache[(history, delta)]
+
+
+def _recomputed_prv(history: History, delta: float, cache: EpsilonCache) -> float:
+    """The PRV ε of ``history`` (cached), or inf when it cannot be computed."""
+    try:
+        return _cached_recompute(history, delta, cache)[0]
+    except _ACCOUNTING_ERRORS:
+        return math.inf
+
+
+def _rdp_problem(entry: LedgerEntry, rdp: float) -> str | None:
     if not math.isclose(entry.epsilon_rdp, rdp, rel_tol=EPSILON_RTOL):
         return f"recorded RDP ε={entry.epsilon_rdp!r} but the recorded events give ε={rdp!r}"
     if entry.epsilon > entry.epsilon_rdp:
@@ -199,6 +228,25 @@ def _epsilon_problem(entry: LedgerEntry, history: History, cache: EpsilonCache) 
             "disagree, which should not happen"
         )
     return None
+
+
+def _consistency_problem(
+    entry: LedgerEntry, history: History, previous: float, final: float
+) -> str | None:
+    """Cheap check of an entry whose PRV ε is not recomputed: its RDP ε exactly, and its PRV
+    ε between the previous entry's recorded and the last entry's recomputed ε (cumulative ε
+    cannot fall; the slack covers the PRV accountant's own error)."""
+    events = history_events(history)
+    try:
+        rdp = compute_epsilon(events, entry.delta, "rdp")
+    except _ACCOUNTING_ERRORS as exc:
+        return f"ε cannot be recomputed from the recorded events: {type(exc).__name__}: {exc}"
+    problem = _rdp_problem(entry, rdp)
+    if problem is None and entry.epsilon < previous - PRV_SLACK:
+        problem = f"cumulative ε fell from {previous!r} to {entry.epsilon!r}"
+    if problem is None and entry.epsilon > final + PRV_SLACK:
+        problem = f"ε={entry.epsilon!r} exceeds the last entry's recomputed ε={final!r}"
+    return problem
 
 
 def _default_public_key(path: Path) -> Ed25519PublicKey | None:
@@ -210,32 +258,38 @@ def verify_ledger(
     path: Path,
     public_key: Ed25519PublicKey | None = None,
     *,
+    full: bool = False,
     workers: int = 1,
     epsilon_cache: EpsilonCache | None = None,
 ) -> VerificationResult:
-    """Verify a ledger file: integrity, authorship and every recorded ε.
+    """Verify a ledger file: integrity, authorship and the recorded ε.
 
     Per line, in order (the first failing check of the first failing line is reported):
     JSON parse (a bad last line is a ``torn_tail``, a bad earlier one ``malformed``); the
     recomputed hash equals ``hash`` (``edited``); ``prev_hash`` is the previous line's hash
     (else ``reordered`` when the predecessor is elsewhere in the file, ``deleted`` when it
     is nowhere); the signature verifies (``bad_signature``); fields are valid
-    (``malformed``) and name the same node, data set and δ as line 1 (``mismatch``); the
-    recorded cumulative PRV and RDP ε equal ``compute_epsilon`` over the events so far
-    within ``EPSILON_RTOL`` relative, and PRV ε ≤ RDP ε (``epsilon_mismatch``).
+    (``malformed``) and name the same node, data set and δ as line 1 (``mismatch``). Then
+    ε (``epsilon_mismatch``): the recorded cumulative RDP ε of every entry equals
+    ``compute_epsilon`` over the events so far (within ``EPSILON_RTOL`` relative) and PRV ε
+    ≤ RDP ε. The recorded PRV ε — the one budgets are enforced with — is recomputed the
+    same way at the last entry, which states what the node has spent in total; with
+    ``full``, at every entry. Without ``full``, the PRV ε of the other entries is checked
+    for consistency only: never falling by more than ``PRV_SLACK`` and never above the last
+    entry's recomputed ε by more than that.
 
     Limits: a deleted *last* entry (or several) leaves a valid, shorter chain and cannot be
     detected from the file alone; compare ``entries`` and ``final_hash`` with a head
     recorded elsewhere (the report shows both). Without a public key, anybody can rebuild
     a consistent chain, so an unsigned verification shows internal consistency only.
 
-    Cost: one PRV and one RDP call per entry whose merged (σ, q, steps) history is new; the
-    histories are cached in ``epsilon_cache`` (pass one dict to several calls to share it)
-    and, with ``workers > 1``, computed in that many processes (when at least
-    ``MIN_PARALLEL_HISTORIES`` are new). A PRV call costs 0.03 s to over a second, growing
-    with the ledger's total steps (its discretisation mesh is finer), so a 1,000-entry
-    ledger takes minutes; ``bench/ledger.py`` measures it. Hashes, chain and signatures
-    alone take about 0.2 ms per entry.
+    Cost: hashes, chain and signatures take about 0.2 ms per entry and each RDP check well
+    under 1 ms (``privacy.rdp_memo``), so a 1,000-entry ledger verifies in about a second
+    plus one PRV call (0.03 s to a few seconds, growing with the ledger's total steps). With
+    ``full``, one PRV call per entry whose merged (σ, q, steps) history is new: minutes for
+    1,000 entries; such values are cached in ``epsilon_cache`` (pass one dict to several
+    calls to share it) and, with ``workers > 1``, computed in that many processes (when at
+    least ``MIN_PARALLEL_HISTORIES`` are new). ``bench/ledger.py`` measures both.
 
     Parameters
     ----------
@@ -244,10 +298,12 @@ def verify_ledger(
     public_key
         The node's enrolled public key. When None, ``<ledger stem>.pub.pem`` beside the
         ledger is used if present (``signatures="unchecked"`` otherwise).
+    full
+        Recompute the PRV ε of every entry, not only of the last.
     workers
-        Processes for recomputing ε (1: in this process).
+        Processes for recomputing ε with ``full`` (1: in this process).
     epsilon_cache
-        Recomputed ε values to reuse and extend.
+        Recomputed (PRV ε, RDP ε) values to reuse and extend.
 
     Returns
     -------
@@ -269,20 +325,30 @@ def verify_ledger(
     cache: EpsilonCache = {} if epsilon_cache is None else epsilon_cache
     entries = scan.entries
     histories = event_histories(entry.event for entry in entries)
-    if workers > 1 and entries:  # all entries share line 1's δ (else the scan stopped)
+    if full and workers > 1 and entries:  # all entries share line 1's δ (else the scan stopped)
         recompute_epsilons(histories, entries[0].delta, workers=workers, cache=cache)
 
     error: LedgerError | None = scan.error
     verified = len(entries)
+    final = _recomputed_prv(histories[-1], entries[-1].delta, cache) if entries else math.inf
+    previous = 0.0
     for index, (entry, history) in enumerate(zip(entries, histories, strict=True)):
-        problem = _epsilon_problem(entry, history, cache)
+        if full or index == len(entries) - 1:
+            problem = _epsilon_problem(entry, history, cache)
+        else:
+            problem = _consistency_problem(entry, history, previous, final)
         if problem is not None:
             error = LedgerError(path, "epsilon_mismatch", problem, index + 1)
             verified = index
             break
+        previous = entry.epsilon
 
     good = entries[:verified]
-    epsilon, epsilon_rdp = cache[(histories[verified - 1], good[-1].delta)] if good else (0, 0)
+    epsilon, epsilon_rdp = (0.0, 0.0)
+    if good:
+        epsilon, epsilon_rdp = (math.nan, math.nan)
+        with contextlib.suppress(*_ACCOUNTING_ERRORS):
+            epsilon, epsilon_rdp = _cached_recompute(histories[verified - 1], good[-1].delta, cache)
     return VerificationResult(
         path=path,
         ok=error is None,
@@ -297,6 +363,7 @@ def verify_ledger(
         key_fingerprint=public_key_fingerprint(key) if key is not None else None,
         signatures="verified" if key is not None else "unchecked",
         final_hash=good[-1].hash if good else None,
+        prv_recomputed="every entry" if full else "last entry",
         verified_entries=tuple(good),
     )
 
@@ -355,6 +422,7 @@ def _node_section(
             "problem": problem,
             "kind": kind,
             "line": line,
+            "prv_recomputed": result.prv_recomputed if result is not None else None,
         },
         "verified_entries": len(entries),
         "lines_in_file": result.lines if result is not None else None,
@@ -385,6 +453,7 @@ def build_report(
     ledgers: Sequence[Path],
     public_keys: Mapping[str, Path] | None = None,
     *,
+    full: bool = False,
     workers: int = 1,
 ) -> dict[str, Any]:
     """Verify ledgers and gather what a compliance officer needs, as JSON-ready data.
@@ -405,8 +474,8 @@ def build_report(
         Enrolled public key files by node id. A node not listed is checked with the key
         beside its ledger (``<stem>.pub.pem``), which shows only that the ledger is
         consistent with that key; with neither, signatures are unchecked.
-    workers
-        Processes used to recompute ε (see ``verify_ledger``).
+    full, workers
+        Recompute the PRV ε of every entry, in that many processes (see ``verify_ledger``).
 
     Returns
     -------
@@ -429,7 +498,7 @@ def build_report(
             key_source = "none: signatures unchecked"
         try:
             key = load_public_key(Path(enrolled)) if enrolled is not None else None
-            result = verify_ledger(path, key, workers=workers, epsilon_cache=cache)
+            result = verify_ledger(path, key, full=full, workers=workers, epsilon_cache=cache)
         except (OSError, ValueError) as exc:
             failure = ("unreadable", f"{path}: {exc}")
             nodes.append(_node_section(path, None, key_source, failure))
@@ -582,6 +651,13 @@ def _node_html(node: Mapping[str, Any]) -> str:
         _row("signing key fingerprint", f"<code>{_esc(node['key_fingerprint'])}</code>"),
         _row("key used", _esc(node["key_source"])),
         _row("signatures", _esc(node["signatures"])),
+        _row(
+            "ε recomputed from the events",
+            "RDP at every entry; PRV at "
+            + _esc(node["verification"]["prv_recomputed"] or "no entry")
+            + " (the others checked for consistency)"
+            * (node["verification"]["prv_recomputed"] == "last entry"),
+        ),
         _row("budget ε", _esc(_up(node["budget_epsilon"]))),
         _row("ε spent (PRV, rounded up)", f"<strong>{_esc(_up(spent))}</strong>"),
         _row("ε spent (RDP cross-check)", _esc(_up(node["epsilon_rdp"]))),

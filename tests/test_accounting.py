@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis import rdp as opacus_rdp
 
+from privacy import accounting, rdp_memo
 from privacy.accounting import (
     DPEvent,
     calibrate_noise_multiplier,
@@ -98,3 +102,31 @@ def test_calibration_refuses_a_useless_noise_level() -> None:
         calibrate_noise_multiplier(
             spent + 1e-3, 1e-5, 0.1, 50, prior_events=prior, max_noise_multiplier=10.0
         )
+
+
+# ---------------------------------------------------------------- the per-step RDP memo
+
+
+def test_the_rdp_memo_is_installed_and_bit_identical_to_opacus() -> None:
+    assert rdp_memo.installed()
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    for q, sigma, steps in [(0.01, 2.0, 1), (0.02, 0.57, 135), (1.0, 0.8, 7), (0.3, 12.0, 0)]:
+        ours = rdp_memo.memoized_compute_rdp(
+            q=q, noise_multiplier=sigma, steps=steps, orders=orders
+        )
+        theirs = rdp_memo.OPACUS_COMPUTE_RDP(
+            q=q, noise_multiplier=sigma, steps=steps, orders=orders
+        )
+        assert np.array_equal(ours, theirs)
+
+
+def test_epsilons_with_the_rdp_memo_equal_opacus_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = [DPEvent(1.1, 0.02, 40), DPEvent(0.9, 0.05, 10), DPEvent(1.3, 0.02, 30)]
+    with_memo = [compute_epsilon(events, 1e-5, name) for name in ("prv", "rdp")]
+    monkeypatch.setattr(opacus_rdp, "compute_rdp", rdp_memo.OPACUS_COMPUTE_RDP)
+    accounting._epsilon_of_merged.cache_clear()
+    try:
+        without = [compute_epsilon(events, 1e-5, name) for name in ("prv", "rdp")]
+    finally:
+        accounting._epsilon_of_merged.cache_clear()
+    assert with_memo == without

@@ -129,20 +129,20 @@ def test_epsilon_cache_avoids_recomputation(
     ledger_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache: EpsilonCache = {}
-    assert verify_ledger(ledger_path, epsilon_cache=cache).ok
+    assert verify_ledger(ledger_path, full=True, epsilon_cache=cache).ok
     assert len(cache) == len(SPENDS)  # every entry's merged history is new
 
     def refuse(*args: object, **kwargs: object) -> float:
         raise AssertionError("compute_epsilon called despite a cached history")
 
     monkeypatch.setattr(audit, "compute_epsilon", refuse)
-    assert verify_ledger(ledger_path, epsilon_cache=cache).ok
+    assert verify_ledger(ledger_path, full=True, epsilon_cache=cache).ok
 
 
 def test_parallel_workers_give_the_same_result(
     ledger_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    serial = verify_ledger(ledger_path, epsilon_cache={})
+    serial = verify_ledger(ledger_path, full=True, epsilon_cache={})
     pools: list[int] = []
 
     class CountingPool(ProcessPoolExecutor):
@@ -152,7 +152,7 @@ def test_parallel_workers_give_the_same_result(
 
     monkeypatch.setattr(audit, "MIN_PARALLEL_HISTORIES", 2)
     monkeypatch.setattr(audit, "ProcessPoolExecutor", CountingPool)
-    parallel = verify_ledger(ledger_path, workers=2, epsilon_cache={})
+    parallel = verify_ledger(ledger_path, full=True, workers=2, epsilon_cache={})
     assert pools == [2]
     assert parallel == serial
 
@@ -253,14 +253,19 @@ def test_a_malformed_middle_line_is_not_a_torn_tail(ledger_path: Path, cache: Ep
 def _forge_epsilon(
     path: Path, line: int, signer: Ed25519PrivateKey, field: str = "epsilon", factor: float = 0.5
 ) -> None:
-    """Scale ε on ``line``, recompute its hash and re-sign it: a consistent-looking forgery."""
-
-    def forge(entry: dict[str, Any]) -> None:
-        entry[field] = entry[field] * factor
-        entry["hash"] = entry_hash(entry)
+    """Scale ε on ``line``, then re-hash, re-chain and re-sign it and every later line: a
+    forgery as consistent as the signer can make it."""
+    lines = _lines(path)
+    prev = json.loads(lines[line - 2])["hash"] if line > 1 else GENESIS_HASH
+    for number in range(line, len(lines) + 1):
+        entry = json.loads(lines[number - 1])
+        if number == line:
+            entry[field] = entry[field] * factor
+        entry["prev_hash"] = prev
+        entry["hash"] = prev = entry_hash(entry)
         entry["signature"] = sign_hash(entry["hash"], signer)
-
-    _rewrite(path, line, forge)
+        lines[number - 1] = json.dumps(entry, separators=(",", ":")) + "\n"
+    path.write_text("".join(lines))
 
 
 def test_forged_epsilon_resigned_with_another_key(
@@ -298,6 +303,41 @@ def test_a_rebuilt_chain_fails_on_the_key_or_on_epsilon(
         verify_ledger(ledger_path, node_key.public_key(), epsilon_cache=cache), "bad_signature", 1
     )
     _expect(verify_ledger(ledger_path, epsilon_cache=cache), "epsilon_mismatch", 2)
+    _expect(verify_ledger(ledger_path, full=True, epsilon_cache=cache), "epsilon_mismatch", 2)
+
+
+def test_by_default_only_the_last_prv_epsilon_is_recomputed_exactly(
+    ledger_path: Path, node_key: Ed25519PrivateKey, cache: EpsilonCache
+) -> None:
+    # A signed, slightly understated PRV ε in the middle stays within the consistency
+    # bounds: only --full (every entry recomputed) can tell. The result says which it was.
+    _forge_epsilon(ledger_path, 2, node_key, "epsilon", 0.999)
+    quick = verify_ledger(ledger_path, epsilon_cache=cache)
+    assert quick.ok and quick.prv_recomputed == "last entry"
+    _expect(verify_ledger(ledger_path, full=True, epsilon_cache=cache), "epsilon_mismatch", 2)
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "factor", "reason"),
+    [
+        (2, "epsilon_rdp", 1.001, "RDP"),  # every RDP ε is recomputed exactly
+        (3, "epsilon", 0.3, "fell"),  # cumulative ε cannot fall
+        (3, "epsilon", 1.2, "exceeds the last entry"),  # yet below its RDP ε
+    ],
+)
+def test_default_verification_catches_inconsistent_middle_entries(
+    ledger_path: Path,
+    node_key: Ed25519PrivateKey,
+    cache: EpsilonCache,
+    line: int,
+    field: str,
+    factor: float,
+    reason: str,
+) -> None:
+    _forge_epsilon(ledger_path, line, node_key, field, factor)
+    result = verify_ledger(ledger_path, epsilon_cache=cache)
+    _expect(result, "epsilon_mismatch", line)
+    assert reason in (result.problem or "")
 
 
 @pytest.mark.parametrize(("field", "factor"), [("epsilon", 0.5), ("epsilon_rdp", 2.0)])
@@ -368,16 +408,19 @@ def _write_ledger(path: Path, key: Ed25519PrivateKey, events: list[DPEvent]) -> 
     path.write_text("".join(lines))
 
 
-@pytest.mark.slow  # minutes: 1,000 PRV + RDP calls to build, 1,000 more to verify
+@pytest.mark.slow  # minutes: 1,000 PRV + RDP calls to build, 1,000 more to verify in full
 def test_a_thousand_entry_ledger_verifies_and_tampering_deep_inside_shows(
     tmp_path: Path, node_key: Ed25519PrivateKey
 ) -> None:
     events = [DPEvent(2.0, 0.01, 1)] * 900 + [DPEvent(1.5, 0.02, 1)] * 100
     path = tmp_path / "long.jsonl"
     _write_ledger(path, node_key, events)
+    quick = verify_ledger(path, node_key.public_key())
+    assert quick.ok and quick.entries == 1000 and quick.prv_recomputed == "last entry"
     cache: EpsilonCache = {}
-    result = verify_ledger(path, node_key.public_key(), workers=2, epsilon_cache=cache)
+    result = verify_ledger(path, node_key.public_key(), full=True, workers=2, epsilon_cache=cache)
     assert result.ok and result.entries == 1000 and len(cache) == 1000
+    assert result.epsilon == quick.epsilon
     for index in (0, 899, 900, 999):  # spot checks against the accounting module itself
         expected = compute_epsilon(events[: index + 1], DELTA, "prv")
         assert result.verified_entries[index].epsilon == expected
@@ -385,8 +428,11 @@ def test_a_thousand_entry_ledger_verifies_and_tampering_deep_inside_shows(
     _rewrite(path, 777, lambda entry: entry.__setitem__("steps", 2))
     _expect(verify_ledger(path, node_key.public_key(), epsilon_cache=cache), "edited", 777)
     _forge_epsilon(path, 777, node_key)  # a signed but understated ε deep inside
+    _expect(verify_ledger(path, node_key.public_key()), "epsilon_mismatch", 777)
     _expect(
-        verify_ledger(path, node_key.public_key(), epsilon_cache=cache), "epsilon_mismatch", 777
+        verify_ledger(path, node_key.public_key(), full=True, epsilon_cache=cache),
+        "epsilon_mismatch",
+        777,
     )
 
 

@@ -83,6 +83,8 @@ def test_simulation_trains_and_accounts(finished_run) -> None:  # type: ignore[n
     for name in prepared.node_names:
         entries = read_ledger(out / "ledgers" / f"{name}.jsonl")
         assert [e.round for e in entries] == [1, 2]
+        # one σ per run, so the run merges into one accounting event
+        assert len({(e.noise_multiplier, e.sample_rate) for e in entries}) == 1
         reported = record["final"]["epsilon"][name]
         assert reported == pytest.approx(entries[-1].epsilon, rel=1e-12)
         assert reported <= 8.0
