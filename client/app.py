@@ -10,8 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Context
+from flwr.app import Context, Message
 from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import MessageType
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from client.node import load_node, run_round
 from client.round_plan import RoundPlan
@@ -21,6 +25,9 @@ from client.run_settings import (
     node_settings_from_config,
     settings_from_run_config,
 )
+from privacy import mask_generator
+
+mask_generator.install()  # SecAgg+ masks from ChaCha20, never Flower's 32-bit MT19937 seed
 
 #: Flower reports a failed node without saying which one; errors carry the name behind this.
 NODE_ERROR_PREFIX = "[fedlora node "
@@ -43,23 +50,62 @@ class AdapterClient(NumPyClient):
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         """One round of local DP-SGD from the global adapter ``parameters``."""
         try:
+            plan = RoundPlan.from_config(config)
+            _check_mask_generator(plan)
             node = load_node(self.settings, self.run)
-            outcome = run_round(node, RoundPlan.from_config(config), parameters, self.run_id)
+            outcome = run_round(node, plan, parameters, self.run_id)
         except Exception as exc:
             raise RuntimeError(f"{NODE_ERROR_PREFIX}{self.settings.node_name}] {exc}") from exc
+        if outcome.declined:
+            # weight 0 and zeros: under SecAgg+ a masked zero that adds nothing to the sum
+            return [np.zeros_like(p) for p in parameters], 0, outcome.metrics
         weight = node.examples if self.run.weighting == "examples" else 1
-        return outcome.delta, 0 if outcome.declined else weight, outcome.metrics
+        return outcome.delta, weight, outcome.metrics
+
+
+def _check_mask_generator(plan: RoundPlan) -> None:
+    """Refuse a round whose announced SecAgg+ mask generator is not the one in use here."""
+    ours = mask_generator.installed_generator()
+    if plan.mask_generator and plan.mask_generator != ours:
+        raise ValueError(
+            f"the server masks with {plan.mask_generator!r} but this node with {ours!r}: "
+            "refusing to train (masks would not cancel; update fedlora on one side)"
+        )
 
 
 def make_client_app(run: RunSettings | None = None) -> ClientApp:
-    """A ClientApp with fixed settings (``fedlora sim``) or reading Flower's run config."""
+    """A ClientApp with fixed settings (``fedlora sim``) or reading Flower's run config.
+
+    Its one mod runs Flower's ``secaggplus_mod`` for secure-aggregation rounds and refuses a
+    plaintext training round on a node that requires secure aggregation (every deployed
+    node unless its node config sets ``require-secure-aggregation=false``).
+    """
+
+    def settings_of(context: Context) -> tuple[RunSettings, NodeSettings]:
+        settings = run if run is not None else settings_from_run_config(context.run_config)
+        return settings, node_settings_from_config(context.node_config, settings)
 
     def client_fn(context: Context) -> Client:
-        settings = run if run is not None else settings_from_run_config(context.run_config)
-        node = node_settings_from_config(context.node_config, settings)
+        settings, node = settings_of(context)
         return AdapterClient(node, settings, str(context.run_id)).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    def secure_aggregation_mod(
+        message: Message, context: Context, call_next: ClientAppCallable
+    ) -> Message:
+        if message.metadata.message_type != MessageType.TRAIN:
+            return call_next(message, context)
+        if RECORD_KEY_CONFIGS in message.content.config_records:
+            return secaggplus_mod(message, context, call_next)
+        _, node = settings_of(context)
+        if node.require_secure_aggregation:
+            raise RuntimeError(
+                f"{NODE_ERROR_PREFIX}{node.node_name}] refusing a training round without "
+                "secure aggregation: this node sends its update only masked (node config "
+                "'require-secure-aggregation')"
+            )
+        return call_next(message, context)
+
+    return ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod])
 
 
 app = make_client_app()

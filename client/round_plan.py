@@ -32,6 +32,9 @@ class RoundPlan:
         Names and shapes of the tensors that travel, so a node refuses a mismatched model.
     frozen_adapter_digest
         Digest of the adapter tensors derived from the shared seed (FFA-LoRA's A).
+    mask_generator
+        The SecAgg+ mask generator the server unmasks with ("" without secure aggregation);
+        a node using another one refuses to train, as its masks would not cancel.
     """
 
     round: int
@@ -44,6 +47,7 @@ class RoundPlan:
     target_delta: float
     adapter_signature: str
     frozen_adapter_digest: str
+    mask_generator: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.round <= self.total_rounds:

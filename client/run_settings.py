@@ -16,6 +16,7 @@ from pathlib import Path
 
 from client.dp_training import DPConfig, TrainConfig
 from client.model import ModelConfig
+from client.secure_aggregation_settings import SecureAggregationConfig
 
 WEIGHTINGS: tuple[str, ...] = ("uniform", "examples")
 ConfigValue = bool | int | float | str | bytes
@@ -40,6 +41,14 @@ def _int(config: Mapping[str, ConfigValue], key: str, default: int) -> int:
 
 def _float(config: Mapping[str, ConfigValue], key: str, default: float) -> float:
     return float(_get(config, key, float, default))  # type: ignore[arg-type]
+
+
+def _number(config: Mapping[str, ConfigValue], key: str, default: float) -> int | float:
+    """An int (a count) or a float (a fraction), keeping which one was given."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"run config {key!r} must be a number, got {value!r}")
+    return value
 
 
 def _str(config: Mapping[str, ConfigValue], key: str, default: str) -> str:
@@ -92,12 +101,14 @@ class RunSettings:
         Continue from the checkpoint in ``out_dir``.
     send_train_loss
         Nodes also report their mean training loss (a statistic DP does not cover).
+    secure_aggregation
+        SecAgg+ settings (on by default: the server sees only the sum of the deltas).
     """
 
     rounds: int
     labels: tuple[str, ...] = ()
     nodes_per_round: int = 0
-    expected_nodes: int = 2
+    expected_nodes: int = 3
     text_column: str = "text"
     label_column: str = "label"
     model: ModelConfig = ModelConfig()
@@ -112,6 +123,7 @@ class RunSettings:
     ledger_dir: str = ""
     resume: bool = False
     send_train_loss: bool = True
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -135,6 +147,13 @@ class RunSettings:
             )
         if not (self.round_timeout > 0):
             raise ValueError(f"round_timeout must be > 0 seconds, got {self.round_timeout}")
+        if self.secure_aggregation.enabled:
+            self.secure_aggregation.check_round(self.sampled_per_round)
+            if self.weighting != "uniform":
+                raise ValueError(
+                    "secure aggregation sends every delta with weight 1: use weighting "
+                    "'uniform' (example-count weighting would also reveal each node's count)"
+                )
 
     @property
     def sampled_per_round(self) -> int:
@@ -175,6 +194,10 @@ class RunSettings:
             "ledger-dir": self.ledger_dir,
             "resume": self.resume,
             "send-train-loss": self.send_train_loss,
+            "secure-aggregation": self.secure_aggregation.enabled,
+            "secagg-shares": self.secure_aggregation.shares,
+            "secagg-threshold": self.secure_aggregation.threshold,
+            "secagg-clipping-range": self.secure_aggregation.clipping_range,
         }
 
 
@@ -198,7 +221,7 @@ def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
     return RunSettings(
         rounds=_int(config, "num-server-rounds", 3),
         nodes_per_round=_int(config, "nodes-per-round", 0),
-        expected_nodes=_int(config, "expected-nodes", 2),
+        expected_nodes=_int(config, "expected-nodes", 3),
         labels=labels,
         text_column=_str(config, "text-column", "text"),
         label_column=_str(config, "label-column", "label"),
@@ -233,6 +256,12 @@ def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
         ledger_dir=_str(config, "ledger-dir", ""),
         resume=_bool(config, "resume", False),
         send_train_loss=_bool(config, "send-train-loss", True),
+        secure_aggregation=SecureAggregationConfig(
+            enabled=_bool(config, "secure-aggregation", True),
+            shares=_number(config, "secagg-shares", 1.0),
+            threshold=_number(config, "secagg-threshold", 0.6),
+            clipping_range=_float(config, "secagg-clipping-range", 0.0),
+        ),
     )
 
 
@@ -252,6 +281,9 @@ class NodeSettings:
         The node's own total ε budget for this data set (``None``: the run's target).
     delta
         The node's own δ (``None``: the run's δ, else ``min(1e-5, 1/N)``).
+    require_secure_aggregation
+        Refuse to train in a round without secure aggregation (deployed nodes: on unless
+        node config ``require-secure-aggregation=false``; simulated nodes follow the run).
     """
 
     node_name: str
@@ -259,6 +291,7 @@ class NodeSettings:
     node_dir: Path
     budget_epsilon: float | None = None
     delta: float | None = None
+    require_secure_aggregation: bool = True
 
 
 def node_settings_from_config(
@@ -271,7 +304,8 @@ def node_settings_from_config(
     nodes only know their ``partition-id``; their data and ledgers live where ``fedlora sim``
     put them (``partitions-dir``, ``ledger-dir`` in the run config).
     """
-    if "data-path" in node_config:
+    deployed = "data-path" in node_config
+    if deployed:
         node_dir = Path(_str(node_config, "node-dir", ""))
         if not str(node_dir) or str(node_dir) == ".":
             raise ValueError("node config 'node-dir' (ledger and keys directory) is required")
@@ -305,4 +339,9 @@ def node_settings_from_config(
         node_dir=node_dir,
         budget_epsilon=budget if budget > 0 else None,
         delta=delta if delta > 0 else None,
+        require_secure_aggregation=_bool(
+            node_config,
+            "require-secure-aggregation",
+            True if deployed else run.secure_aggregation.enabled,
+        ),
     )

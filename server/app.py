@@ -17,10 +17,14 @@ from flwr.server.workflow import DefaultWorkflow
 from client.adapter_io import save_adapter
 from client.model import adapter_state, build_model, frozen_adapter_digest, load_adapter_state
 from client.run_settings import RunSettings, settings_from_run_config
+from privacy import mask_generator
 from server.checkpoint import load_checkpoint
 from server.evaluator import TestSetEvaluator
 from server.run_record import RunRecord, eval_record
+from server.secure_aggregation import make_fit_workflow, secure_aggregation_record
 from server.strategy import DeltaFedAvg
+
+mask_generator.install()  # this process may run SecAgg+: never with Flower's 32-bit generator
 
 FINAL_ADAPTER_DIR = "adapter"
 
@@ -44,7 +48,10 @@ def run_federation(
     model = build_model(settings.model, len(settings.labels))
     state = adapter_state(model, trainable_only=True)
     offset = 0
-    config = settings.to_run_config()
+    config: dict[str, object] = {
+        **settings.to_run_config(),
+        "secure_aggregation": secure_aggregation_record(settings),
+    }
     if settings.resume:
         checkpoint = load_checkpoint(out, settings)
         # strict names/shapes; and travel order is the model's, not the file's (sorted)
@@ -68,7 +75,12 @@ def run_federation(
         ),
         strategy=strategy,
     )
-    DefaultWorkflow()(grid, legacy)
+    fit_workflow = (
+        make_fit_workflow(settings, strategy.note_halt)
+        if settings.secure_aggregation.enabled
+        else None
+    )
+    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
 
     load_adapter_state(model, strategy.global_state, trainable_only=True)
     final = evaluator(strategy.global_state) if evaluator is not None else None

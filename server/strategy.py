@@ -36,6 +36,8 @@ from client.evaluation import EvalResult
 from client.model import adapter_signature
 from client.round_plan import RoundPlan
 from client.run_settings import RunSettings
+from client.secure_aggregation_settings import MIN_SECURE_NODES
+from privacy.mask_generator import MASK_GENERATOR
 from server.checkpoint import save_checkpoint
 from server.run_record import RunRecord, eval_record
 
@@ -49,6 +51,7 @@ class _RoundState:
     started: float
     sampled: dict[int, ClientProxy] = field(default_factory=dict)
     entry: dict[str, Any] = field(default_factory=dict)
+    halted: str | None = None
 
 
 def failure_reason(failure: BaseException | tuple[ClientProxy, FitRes]) -> tuple[str | None, str]:
@@ -137,6 +140,7 @@ class DeltaFedAvg(FedAvg):
             target_delta=dp.delta or 0.0,
             adapter_signature=adapter_signature(self.global_state),
             frozen_adapter_digest=self.frozen_digest,
+            mask_generator=MASK_GENERATOR if self.settings.secure_aggregation.enabled else "",
         )
 
     def configure_fit(
@@ -158,6 +162,13 @@ class DeltaFedAvg(FedAvg):
         self._round.sampled = {proxy.node_id: proxy for proxy in chosen}
         if not chosen:
             self.log(f"round {number}: no node with remaining budget; nothing to train")
+            return []
+        if self.settings.secure_aggregation.enabled and len(chosen) < MIN_SECURE_NODES:
+            self._round.halted = (
+                f"only {len(chosen)} node(s) with remaining budget: secure aggregation needs "
+                f"{MIN_SECURE_NODES}, so nothing is trained"
+            )
+            self.log(f"round {number}: {self._round.halted}")
             return []
         fit_ins = FitIns(parameters, dict(self.round_plan(number).to_config()))
         return [(proxy, fit_ins) for proxy in chosen]
@@ -216,7 +227,7 @@ class DeltaFedAvg(FedAvg):
                 "epsilon_rdp": metrics.get("epsilon_rdp"),
                 "noise_multiplier": metrics.get("noise_multiplier"),
                 "steps": metrics.get("steps"),
-                "bytes_sent": int(sum(a.nbytes for a in arrays)),
+                "bytes_sent": self._upload_bytes(arrays),
                 "bytes_received": payload,
             }
         failed: list[dict[str, str | None]] = []
@@ -242,6 +253,20 @@ class DeltaFedAvg(FedAvg):
             return None, {}
         self._apply(deltas, weights)
         return ndarrays_to_parameters(list(self.global_state.values())), {}
+
+    def _upload_bytes(self, arrays: list[np.ndarray]) -> int:
+        """Bytes of one node's update as sent: float32 deltas, or SecAgg+'s masked int64
+        vector (one weight entry plus every value)."""
+        if self.settings.secure_aggregation.enabled:
+            return 8 * (1 + sum(int(a.size) for a in arrays))
+        return int(sum(a.nbytes for a in arrays))
+
+    def note_halt(self, reason: str) -> None:
+        """Record that secure aggregation ended the current round early (and why)."""
+        if self._round is not None:
+            self._round.halted = reason
+        number = self._round.number if self._round is not None else "?"
+        self.log(f"round {number}: {reason}; the round does not count")
 
     def _layout_problem(self, arrays: list[np.ndarray]) -> str | None:
         expected = [v.shape for v in self.global_state.values()]
@@ -290,8 +315,12 @@ class DeltaFedAvg(FedAvg):
             "completed": False,
             "train_loss": None,
             "nodes": {},
-            "failures": [{"node": None, "reason": "no node was sampled or none replied"}],
+            "failures": [
+                {"node": None, "reason": state.halted or "no node was sampled or none replied"}
+            ],
         }
+        if state.halted is not None:
+            entry["halted"] = state.halted
         for node_id, name in self.exhausted.items():
             if node_id not in state.sampled:
                 entry["nodes"].setdefault(

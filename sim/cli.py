@@ -19,8 +19,10 @@ from client.dp_training import DPConfig, TrainConfig
 from client.model import LORA_VARIANTS, ModelConfig
 from client.redaction import RedactionConfig
 from client.run_settings import RunSettings
+from client.secure_aggregation_settings import MIN_SECURE_NODES, SecureAggregationConfig
 from client.synthetic import SyntheticConfig
 from sim.audit_commands import add_audit_parsers, cmd_audit, cmd_node
+from sim.certs_commands import add_certs_parsers, cmd_certs
 from sim.partitioning import PartitionScheme
 from sim.simulation import PreparedSimulation, SimConfig
 from sim.train_job import TrainJobConfig, run_train_job
@@ -141,6 +143,8 @@ examples:
       --out runs/scale
   # continue an interrupted run:
   fedlora sim --out runs/sim --resume
+  # comparison run without secure aggregation (plaintext deltas reach the server):
+  fedlora sim --no-secure-agg --out runs/plain
 
 outputs in --out: metrics.json, adapter/ (final global adapter), checkpoint/, ledgers/
 (each node's privacy ledger), accuracy.png, epsilon.png, partitions/ and test.csv.
@@ -148,6 +152,10 @@ outputs in --out: metrics.json, adapter/ (final global adapter), checkpoint/, le
 privacy: every node calibrates its own noise so that taking part in all planned rounds lands
 exactly on its ε budget (record-level (ε, δ)-DP, add/remove-one adjacency, Poisson sampling,
 PRV accountant); it records each spend in its ledger before its update leaves it.
+
+secure aggregation (on by default): Flower's SecAgg+ with a ChaCha20 mask generator; the
+server unmasks only the sum of >= 3 nodes' deltas, and a round that cannot be unmasked is
+reported as not completed.
 """
 
 
@@ -177,6 +185,29 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     fed.add_argument("--round-timeout", type=float, default=3600.0, help="seconds per round")
     fed.add_argument("--test-fraction", type=float, default=0.2, help="server-held test share")
     fed.add_argument("--cpus-per-node", type=float, default=1.0, help="Ray CPUs per node actor")
+
+    secure = p.add_argument_group(
+        "secure aggregation (SecAgg+: the server sees only the sum of the nodes' deltas)"
+    )
+    secure.add_argument(
+        "--no-secure-agg",
+        action="store_true",
+        help="send deltas in plaintext (comparison runs only); with it on, >= 3 nodes per round",
+    )
+    secure.add_argument(
+        "--secagg-shares",
+        type=_count_or_fraction,
+        default=1.0,
+        help="shares of each node's secrets: a count >= 3, or a fraction (0, 1] of the nodes "
+        "per round",
+    )
+    secure.add_argument(
+        "--secagg-threshold",
+        type=_count_or_fraction,
+        default=0.6,
+        help="shares needed to unmask a dropped node: a count below the shares, or a "
+        "fraction (0, 1) of them; lower tolerates more dropouts, higher resists more collusion",
+    )
 
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path, help="CSV/TSV/JSONL file (default: embedded data)")
@@ -242,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_data_parser(sub)
     add_audit_parsers(sub, _HelpFormatter)
+    add_certs_parsers(sub, _HelpFormatter)
     return parser
 
 
@@ -348,7 +380,8 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
     settings = RunSettings(
         rounds=args.rounds,
         nodes_per_round=args.nodes_per_round,
-        expected_nodes=max(nodes or 1, args.nodes_per_round, 1),
+        # natural partitions learn their node count from the data; checked again then
+        expected_nodes=max(nodes or MIN_SECURE_NODES, args.nodes_per_round, 1),
         text_column="text" if embedded else args.text_column,
         label_column="label" if embedded else args.label_column,
         model=ModelConfig(
@@ -375,6 +408,11 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         round_timeout=args.round_timeout,
         resume=args.resume,
         send_train_loss=True,
+        secure_aggregation=SecureAggregationConfig(
+            enabled=not args.no_secure_agg,
+            shares=args.secagg_shares,
+            threshold=args.secagg_threshold,
+        ),
     )
     return SimConfig(
         out=args.out,
@@ -391,6 +429,14 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         node_budgets=tuple(_node_budget(text) for text in args.node_budget),
         ledger_dir=args.ledger_dir,
     )
+
+
+def _count_or_fraction(text: str) -> int | float:
+    """``3`` → 3 (a count); ``0.6`` → 0.6 (a fraction)."""
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
 
 
 def _node_budget(text: str) -> tuple[str, float]:
@@ -487,6 +533,7 @@ COMMANDS = {
     "data": _cmd_data,
     "audit": cmd_audit,
     "node": cmd_node,
+    "certs": cmd_certs,
 }
 
 

@@ -8,6 +8,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.server.client_proxy import ClientProxy
 
 from client.run_settings import RunSettings
+from client.secure_aggregation_settings import SecureAggregationConfig
 from server.run_record import RunRecord
 from server.strategy import DeltaFedAvg
 
@@ -65,14 +66,16 @@ def test_uniform_mean_of_deltas_with_server_lr(tmp_path) -> None:  # type: ignor
 
 
 def test_example_weighting(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    strategy = _strategy(tmp_path, weighting="examples")
+    plain = SecureAggregationConfig(enabled=False)  # SecAgg+ sends every delta with weight 1
+    strategy = _strategy(tmp_path, weighting="examples", secure_aggregation=plain)
     results = [(_Proxy(0), _res(1.0, 10, node="n0")), (_Proxy(1), _res(4.0, 30, node="n1"))]
     params, _ = strategy.aggregate_fit(1, results, [])
     assert np.allclose(parameters_to_ndarrays(params)[0], (10 * 1 + 30 * 4) / 40)
 
 
-def test_declined_node_is_not_averaged_and_not_sampled_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    strategy = _strategy(tmp_path)
+@pytest.mark.parametrize("secure", [False, True])
+def test_declined_node_is_not_averaged_and_not_sampled_again(tmp_path, secure) -> None:  # type: ignore[no-untyped-def]
+    strategy = _strategy(tmp_path, secure_aggregation=SecureAggregationConfig(enabled=secure))
     declined = FitRes(
         Status(Code.OK, ""),
         ndarrays_to_parameters([]),
@@ -84,7 +87,15 @@ def test_declined_node_is_not_averaged_and_not_sampled_again(tmp_path) -> None: 
     assert np.allclose(parameters_to_ndarrays(params)[0], 2.0)
     assert strategy.record.stopped_nodes["n2"]["round"] == 1
     sampled = strategy.configure_fit(2, params, _Manager())
-    assert sorted(p.node_id for p, _ in sampled) == [0, 1]
+    if not secure:
+        assert sorted(p.node_id for p, _ in sampled) == [0, 1]
+        return
+    # two nodes left: secure aggregation could not hide one update from the other's owner
+    assert sampled == []
+    strategy.evaluate(2, params)
+    second = strategy.record.rounds[-1]
+    assert second["round"] == 2 and not second["completed"]
+    assert "secure aggregation needs 3" in second["halted"]
 
 
 @pytest.mark.parametrize("bad", ["shape", "nan"])
