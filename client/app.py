@@ -7,13 +7,14 @@ Flower loads ``client.app:app``; ``fedlora sim`` builds the same app with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
@@ -73,21 +74,19 @@ def _check_mask_generator(plan: RoundPlan) -> None:
         )
 
 
-def make_client_app(run: RunSettings | None = None) -> ClientApp:
-    """A ClientApp with fixed settings (``fedlora sim``) or reading Flower's run config.
+SettingsOf = Callable[[Context], tuple[RunSettings, NodeSettings]]
 
-    Its one mod runs Flower's ``secaggplus_mod`` for secure-aggregation rounds and refuses a
-    plaintext training round on a node that requires secure aggregation (every deployed
-    node unless its node config sets ``require-secure-aggregation=false``).
+
+def make_secure_aggregation_mod(settings_of: SettingsOf) -> Mod:
+    """The node's one mod: Flower's ``secaggplus_mod`` for secure-aggregation rounds; for a
+    plaintext training round, a refusal when the node requires secure aggregation (every
+    deployed node unless its node config sets ``require-secure-aggregation=false``).
+
+    Parameters
+    ----------
+    settings_of
+        The run's and this node's settings for a message's context.
     """
-
-    def settings_of(context: Context) -> tuple[RunSettings, NodeSettings]:
-        settings = run if run is not None else settings_from_run_config(context.run_config)
-        return settings, node_settings_from_config(context.node_config, settings)
-
-    def client_fn(context: Context) -> Client:
-        settings, node = settings_of(context)
-        return AdapterClient(node, settings, str(context.run_id)).to_client()
 
     def secure_aggregation_mod(
         message: Message, context: Context, call_next: ClientAppCallable
@@ -105,7 +104,22 @@ def make_client_app(run: RunSettings | None = None) -> ClientApp:
             )
         return call_next(message, context)
 
-    return ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod])
+    return secure_aggregation_mod
+
+
+def make_client_app(run: RunSettings | None = None) -> ClientApp:
+    """A ClientApp with fixed settings (``fedlora sim``) or reading Flower's run config,
+    behind :func:`make_secure_aggregation_mod`."""
+
+    def settings_of(context: Context) -> tuple[RunSettings, NodeSettings]:
+        settings = run if run is not None else settings_from_run_config(context.run_config)
+        return settings, node_settings_from_config(context.node_config, settings)
+
+    def client_fn(context: Context) -> Client:
+        settings, node = settings_of(context)
+        return AdapterClient(node, settings, str(context.run_id)).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[make_secure_aggregation_mod(settings_of)])
 
 
 app = make_client_app()
