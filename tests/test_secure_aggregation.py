@@ -46,7 +46,12 @@ def _settings(nodes: int, **secure: Any) -> RunSettings:
     )
 
 
-def _deltas(nodes: int, scale: float = 0.05) -> list[list[np.ndarray]]:
+#: Per-coordinate std of the smallest DP update we send: one Adam step (lr 5e-3) of mostly
+#: noise moves a coordinate by about 0.3 · lr; longer rounds move it more.
+SMALLEST_NOISE_STD = 0.3 * 5e-3
+
+
+def _deltas(nodes: int, scale: float = SMALLEST_NOISE_STD) -> list[list[np.ndarray]]:
     rng = np.random.default_rng(0)
     return [
         [rng.normal(0, scale, shape).astype(np.float32) for shape in SHAPES] for _ in range(nodes)
@@ -238,3 +243,17 @@ def test_a_node_requiring_secure_aggregation_refuses_a_plaintext_round() -> None
     allowed = {**deployed, "require-secure-aggregation": False}
     reply = apps[1](message, Context(7, 1, allowed, RecordDict(), {}))
     assert not reply.has_error()
+
+
+def test_fedlora_sim_refuses_fewer_than_three_nodes_with_secure_aggregation(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sim.cli import main
+
+    out = tmp_path / "run"
+    status = main(
+        ["sim", "--nodes", "2", "--partition", "iid", "--model", "tiny", "--out", str(out)]
+    )
+    assert status != 0
+    assert "secure aggregation needs at least 3 nodes per round" in capsys.readouterr().err
+    assert not out.exists()

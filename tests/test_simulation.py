@@ -22,6 +22,7 @@ from client.model import ModelConfig, adapter_state, build_model
 from client.run_settings import RunSettings
 from client.synthetic import SyntheticConfig
 from privacy.ledger import read_ledger
+from privacy.mask_generator import MASK_GENERATOR
 from sim.partitioning import PartitionScheme
 from sim.simulation import SimConfig, launch_simulation, prepare_simulation
 
@@ -91,7 +92,12 @@ def test_simulation_trains_and_accounts(finished_run) -> None:  # type: ignore[n
         node_rounds = [r["nodes"][name] for r in record["rounds"]]
         assert all(n["participated"] for n in node_rounds)
         payload = sum(v.nbytes for v in fresh.values())
-        assert all(n["bytes_sent"] == payload == n["bytes_received"] for n in node_rounds)
+        masked = 8 * (1 + payload // 4)  # SecAgg+ sends int64 ring elements (+ a weight)
+        assert all(n["bytes_received"] == payload for n in node_rounds)
+        assert all(n["bytes_sent"] == masked for n in node_rounds)
+    secure = json.loads((out / "metrics.json").read_text())["config"]["secure_aggregation"]
+    assert secure["enabled"] and secure["mask_generator"] == MASK_GENERATOR
+    assert (secure["shares"], secure["threshold"]) == (3, 2)
     for png in ("accuracy.png", "epsilon.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "metrics.json").read_text())["final"] == record["final"]
@@ -208,7 +214,11 @@ def _group_survivors(group: int, wait: float = 10.0) -> list[str]:
 
 def test_runs_accumulate_and_a_spent_node_declines(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ledgers = tmp_path / "ledgers"
-    first = dataclasses.replace(_config(tmp_path / "run1", rounds=1), ledger_dir=ledgers)
+    # 4 institutions: after one declines, 3 remain, the fewest secure aggregation accepts
+    four = dataclasses.replace(SMALL_DATA, institutions_per_domain=4)
+    first = dataclasses.replace(
+        _config(tmp_path / "run1", rounds=1), ledger_dir=ledgers, synthetic=four
+    )
     launch_simulation(prepare_simulation(first, log=lambda _: None), log=lambda _: None)
     after_first = {n: read_ledger(ledgers / f"{n}.jsonl")[-1].epsilon for n in ("bank_a", "bank_c")}
     assert all(7.9 < eps <= 8.0 for eps in after_first.values())
@@ -218,6 +228,7 @@ def test_runs_accumulate_and_a_spent_node_declines(tmp_path) -> None:  # type: i
         _config(tmp_path / "run2", rounds=2, dp=DPConfig(target_epsilon=16.0)),
         ledger_dir=ledgers,
         node_budgets=(("bank_c", 8.0),),
+        synthetic=four,
     )
     logs: list[str] = []
     record = launch_simulation(prepare_simulation(second, log=logs.append), log=logs.append)
@@ -236,7 +247,7 @@ def test_runs_accumulate_and_a_spent_node_declines(tmp_path) -> None:  # type: i
     assert 15.9 < bank_a[-1].epsilon <= 16.0
     assert len(read_ledger(ledgers / "bank_c.jsonl")) == 1  # nothing charged for declining
     report = json.loads((tmp_path / "run2" / "audit" / "report.json").read_text())
-    assert {n["node_id"] for n in report["nodes"]} == {"bank_a", "bank_b", "bank_c"}
+    assert {n["node_id"] for n in report["nodes"]} == {"bank_a", "bank_b", "bank_c", "bank_d"}
     assert all(n["verification"]["status"] == "OK" for n in report["nodes"])
 
 
