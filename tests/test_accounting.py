@@ -15,18 +15,7 @@ from privacy.accounting import (
     default_delta,
     merge_events,
 )
-
-
-def _pld_epsilon(events, delta):  # type: ignore[no-untyped-def]
-    from dp_accounting import GaussianDpEvent, PoissonSampledDpEvent
-    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
-
-    acc = PLDAccountant()
-    for e in events:
-        acc.compose(
-            PoissonSampledDpEvent(e.sample_rate, GaussianDpEvent(e.noise_multiplier)), e.steps
-        )
-    return acc.get_epsilon(delta)
+from privacy.reference_accounting import pld_epsilon
 
 
 @pytest.mark.parametrize(
@@ -40,7 +29,7 @@ def _pld_epsilon(events, delta):  # type: ignore[no-untyped-def]
 def test_prv_agrees_with_pld_and_is_below_rdp(events) -> None:  # type: ignore[no-untyped-def]
     prv = compute_epsilon(events, 1e-5, "prv")
     rdp = compute_epsilon(events, 1e-5, "rdp")
-    pld = _pld_epsilon(events, 1e-5)
+    pld = pld_epsilon(events, 1e-5)
     assert abs(prv - pld) / pld < 0.03
     assert prv <= rdp
 
