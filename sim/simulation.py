@@ -18,12 +18,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import psutil
 
 from client.data_loading import DataConfig, LabelledTexts, load_labelled_texts
 from client.run_settings import RunSettings
@@ -352,7 +355,14 @@ def stop_ray_and_children(
     found = {p.pid: p for p in psutil.Process().children(recursive=True)}
     if tracker is not None:
         found.update({p.pid: p for p in tracker.processes()})
-    processes = list(found.values())
+    terminate_then_kill(list(found.values()), grace_seconds)
+    return sorted(found)
+
+
+def terminate_then_kill(processes: Sequence[psutil.Process], grace_seconds: float) -> None:
+    """SIGTERM each process, wait up to ``grace_seconds``, SIGKILL the rest and reap them."""
+    import psutil
+
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.terminate()
@@ -360,4 +370,4 @@ def stop_ray_and_children(
     for process in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-    return sorted(found)
+    psutil.wait_procs(alive, timeout=grace_seconds)

@@ -22,6 +22,8 @@ from typing import Any
 
 import psutil
 
+from sim.simulation import terminate_then_kill
+
 #: Seconds a process gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE = 10.0
 
@@ -317,14 +319,7 @@ def cmdline(process: psutil.Process) -> list[str]:
 
 def terminate(processes: Sequence[psutil.Process]) -> None:
     """SIGTERM each process, wait up to :data:`TERMINATE_GRACE`, SIGKILL the rest."""
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, remaining = psutil.wait_procs(processes, timeout=TERMINATE_GRACE)
-    for process in remaining:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(remaining, timeout=TERMINATE_GRACE)
+    terminate_then_kill(processes, TERMINATE_GRACE)
 
 
 @contextlib.contextmanager
