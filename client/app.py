@@ -18,7 +18,6 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from client.node import load_node, run_round
 from client.round_plan import RoundPlan
 from client.run_settings import (
     NodeSettings,
@@ -50,6 +49,10 @@ class AdapterClient(NumPyClient):
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         """One round of local DP-SGD from the global adapter ``parameters``."""
+        # Imported here: torch, transformers and Opacus cost seconds, and a deployed node
+        # starts a fresh process for each of SecAgg+'s four messages; only this one trains.
+        from client.node import load_node, run_round
+
         try:
             plan = RoundPlan.from_config(config)
             _check_mask_generator(plan)

@@ -27,108 +27,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from client.batching import Batch, TokenizedTexts, make_batch
 from client.model import unwrap_model
+from client.training_config import DPConfig, TrainConfig
 from privacy.accounting import (
-    ACCOUNTANTS,
     DPEvent,
     calibrate_noise_multiplier,
     compute_epsilon,
     default_delta,
 )
 
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch")
-
 #: Called after every optimizer step with (steps done, steps planned, running mean loss).
 ProgressCallback = Callable[[int, int, float], None]
-
-
-@dataclass(frozen=True)
-class DPConfig:
-    """Differential-privacy settings of local training.
-
-    Parameters
-    ----------
-    enabled
-        ``False`` trains without DP (a baseline; reports no ε).
-    target_epsilon
-        Total ε budget of this data set, used to calibrate σ when ``noise_multiplier`` is None.
-    delta
-        δ; ``None`` means ``min(1e-5, 1/N)``.
-    noise_multiplier
-        A fixed σ (then ε is whatever it costs; calibration is skipped).
-    clip_norm
-        Per-sample gradient clipping norm C.
-    accountant
-        Accountant that calibrates and reports ε (``prv``); ``rdp`` is always reported too.
-    grad_sample_mode
-        Opacus per-sample gradient mode.
-    """
-
-    enabled: bool = True
-    target_epsilon: float | None = 8.0
-    delta: float | None = None
-    noise_multiplier: float | None = None
-    clip_norm: float = 1.0
-    accountant: str = "prv"
-    grad_sample_mode: str = "hooks"
-
-    def __post_init__(self) -> None:
-        if self.accountant not in ACCOUNTANTS:
-            raise ValueError(
-                f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}"
-            )
-        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
-            raise ValueError(
-                f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
-                f"got {self.grad_sample_mode!r}"
-            )
-        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
-            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
-        if self.delta is not None and not (0 < self.delta < 1):
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
-        if self.noise_multiplier is not None and not (
-            math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0
-        ):
-            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-        if self.target_epsilon is not None and not (
-            math.isfinite(self.target_epsilon) and self.target_epsilon > 0
-        ):
-            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon}")
-        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
-            raise ValueError("DP needs either target_epsilon or noise_multiplier")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of local training.
-
-    Parameters
-    ----------
-    epochs
-        Passes over the data (in expectation, under Poisson sampling).
-    batch_size
-        Expected batch size B; the sampling rate is ``1 / ceil(N / B)``.
-    learning_rate
-        Adam learning rate.
-    bf16
-        Autocast the forward pass to bfloat16 (``None``: when the CPU supports it natively).
-    noise_seed
-        Seed of sampling and noise for a reproducible experiment; ``None`` (the default, and
-        the only safe choice in deployment) draws them from the operating system.
-    """
-
-    epochs: int = 3
-    batch_size: int = 64
-    learning_rate: float = 5e-3
-    bf16: bool | None = None
-    noise_seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
 
 @dataclass(frozen=True)

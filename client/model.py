@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,55 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-LORA_VARIANTS: tuple[str, ...] = ("ffa", "lora")
-DEFAULT_MODEL = "default"
-TINY_MODEL = "tiny"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """How to build the model.
-
-    Parameters
-    ----------
-    model
-        ``"default"`` (all-MiniLM-L6-v2, offline), ``"tiny"`` or a Hugging Face id / local path.
-    lora
-        ``"ffa"`` (A frozen, B trained) or ``"lora"`` (A and B trained).
-    rank, alpha, dropout
-        LoRA rank r, scaling α (the update is scaled by α/r) and dropout on the LoRA input.
-    target_modules
-        Names of the encoder's linear layers that get adapters.
-    max_length
-        Tokens kept per text (longer texts are truncated).
-    seed
-        Seed of every random initialisation (LoRA A, head), identical across nodes.
-    """
-
-    model: str = DEFAULT_MODEL
-    lora: str = "ffa"
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "value")
-    max_length: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model must be a non-empty name or path")
-        if self.lora not in LORA_VARIANTS:
-            raise ValueError(f"lora must be one of {', '.join(LORA_VARIANTS)}, got {self.lora!r}")
-        if self.rank < 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
-        if self.alpha < 1:
-            raise ValueError(f"alpha must be >= 1, got {self.alpha}")
-        if not (0 <= self.dropout < 1):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules or any(not m for m in self.target_modules):
-            raise ValueError("target_modules must name at least one module")
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+from client.training_config import DEFAULT_MODEL, TINY_MODEL, ModelConfig
 
 
 def default_model_path() -> Path:

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.dp_training import DPConfig, TrainConfig
-from client.model import ModelConfig
 from client.secure_aggregation_settings import SecureAggregationConfig
+from client.training_config import DPConfig, ModelConfig, TrainConfig
 
 WEIGHTINGS: tuple[str, ...] = ("uniform", "examples")
 ConfigValue = bool | int | float | str | bytes

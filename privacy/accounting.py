@@ -22,8 +22,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
 
 from privacy import rdp_memo
+from privacy.accountant_names import ACCOUNTANTS
 
-ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 ADJACENCY = "add/remove one record"
 SAMPLING = "Poisson"
 #: Relative precision asked of the PRV accountant; it reports the upper end of its interval.

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.data_loading import DataConfig, DataValidationError
-from client.dp_training import DPConfig, TrainConfig
-from client.model import LORA_VARIANTS, ModelConfig
 from client.redaction import RedactionConfig
 from client.run_settings import RunSettings
 from client.secure_aggregation_settings import MIN_SECURE_NODES, SecureAggregationConfig
 from client.synthetic import SyntheticConfig
+from client.training_config import LORA_VARIANTS, DPConfig, ModelConfig, TrainConfig
 from sim.audit_commands import add_audit_parsers, cmd_audit, cmd_node
 from sim.certs_commands import add_certs_parsers, cmd_certs
 from sim.partitioning import PartitionScheme

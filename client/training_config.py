@@ -1,0 +1,157 @@
+"""The model and local-training settings as plain frozen dataclasses, free of torch.
+
+Why it exists: a deployed node starts a fresh ClientApp process for every message, and
+SecAgg+ sends four per round. Reading the run config must not import torch, transformers or
+Opacus (seconds each time); only training does. ``client.model`` and ``client.dp_training``
+use these classes and re-export them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from privacy.accountant_names import ACCOUNTANTS
+
+LORA_VARIANTS: tuple[str, ...] = ("ffa", "lora")
+DEFAULT_MODEL = "default"
+TINY_MODEL = "tiny"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How to build the model.
+
+    Parameters
+    ----------
+    model
+        ``"default"`` (all-MiniLM-L6-v2, offline), ``"tiny"`` or a Hugging Face id / local path.
+    lora
+        ``"ffa"`` (A frozen, B trained) or ``"lora"`` (A and B trained).
+    rank, alpha, dropout
+        LoRA rank r, scaling α (the update is scaled by α/r) and dropout on the LoRA input.
+    target_modules
+        Names of the encoder's linear layers that get adapters.
+    max_length
+        Tokens kept per text (longer texts are truncated).
+    seed
+        Seed of every random initialisation (LoRA A, head), identical across nodes.
+    """
+
+    model: str = DEFAULT_MODEL
+    lora: str = "ffa"
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("query", "value")
+    max_length: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must be a non-empty name or path")
+        if self.lora not in LORA_VARIANTS:
+            raise ValueError(f"lora must be one of {', '.join(LORA_VARIANTS)}, got {self.lora!r}")
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha < 1:
+            raise ValueError(f"alpha must be >= 1, got {self.alpha}")
+        if not (0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or any(not m for m in self.target_modules):
+            raise ValueError("target_modules must name at least one module")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+
+
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differential-privacy settings of local training.
+
+    Parameters
+    ----------
+    enabled
+        ``False`` trains without DP (a baseline; reports no ε).
+    target_epsilon
+        Total ε budget of this data set, used to calibrate σ when ``noise_multiplier`` is None.
+    delta
+        δ; ``None`` means ``min(1e-5, 1/N)``.
+    noise_multiplier
+        A fixed σ (then ε is whatever it costs; calibration is skipped).
+    clip_norm
+        Per-sample gradient clipping norm C.
+    accountant
+        Accountant that calibrates and reports ε (``prv``); ``rdp`` is always reported too.
+    grad_sample_mode
+        Opacus per-sample gradient mode.
+    """
+
+    enabled: bool = True
+    target_epsilon: float | None = 8.0
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
+    accountant: str = "prv"
+    grad_sample_mode: str = "hooks"
+
+    def __post_init__(self) -> None:
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(
+                f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}"
+            )
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(
+                f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, "
+                f"got {self.grad_sample_mode!r}"
+            )
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if self.delta is not None and not (0 < self.delta < 1):
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if self.noise_multiplier is not None and not (
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0
+        ):
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if self.target_epsilon is not None and not (
+            math.isfinite(self.target_epsilon) and self.target_epsilon > 0
+        ):
+            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon}")
+        if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("DP needs either target_epsilon or noise_multiplier")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of local training.
+
+    Parameters
+    ----------
+    epochs
+        Passes over the data (in expectation, under Poisson sampling).
+    batch_size
+        Expected batch size B; the sampling rate is ``1 / ceil(N / B)``.
+    learning_rate
+        Adam learning rate.
+    bf16
+        Autocast the forward pass to bfloat16 (``None``: when the CPU supports it natively).
+    noise_seed
+        Seed of sampling and noise for a reproducible experiment; ``None`` (the default, and
+        the only safe choice in deployment) draws them from the operating system.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 5e-3
+    bf16: bool | None = None
+    noise_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
