@@ -1,0 +1,1029 @@
+"""Benchmark 4, the utility study: what DP, federation, the LoRA variant and skew cost in accuracy.
+
+Why it exists: issue #6 asks what the privacy machinery costs in model quality. This trains
+the default model (all-MiniLM-L6-v2 with FFA-LoRA) on two real data sets in eight settings
+("cells") and reports test accuracy and macro-F1 next to the privacy actually spent, so that
+docs/results.md can say what an ε buys and at what price. It only *wraps* the ``fedlora``
+commands: every cell is one ``fedlora train`` or ``fedlora sim`` command line, parsed by the
+``fedlora`` argument parser itself and run in this process through the same functions the
+command calls (``run_train_job``; ``prepare_simulation`` + ``launch_simulation``). The exact
+command is recorded with each result and can be rerun by hand from the same directory.
+
+Cells (per data set; ``fed-dp8`` is also the FFA-LoRA and the Dirichlet arm of the two
+comparisons at ε=8):
+
+- ``central-nodp``, ``central-dp8``: one institution holding all training data
+  (``fedlora train``), without DP and with DP-SGD at ε=8;
+- ``fed-nodp``, ``fed-dp1``, ``fed-dp3``, ``fed-dp8``: 10 nodes, Dirichlet α=0.5 label skew,
+  all 10 nodes sampled every round, SecAgg+ on (the default), without DP and with a per-node
+  budget ε of 1, 3, 8 (``fedlora sim``);
+- ``fed-lora-dp8``: as ``fed-dp8`` with plain LoRA (A and B trained) instead of FFA-LoRA;
+- ``fed-iid-dp8``: as ``fed-dp8`` with an IID partition.
+
+Every cell sees the same number of passes over the data: ``fedlora sim`` runs ``R`` rounds of
+``E`` local epochs on every node and ``fedlora train`` runs ``R·E`` epochs (full study: R=5,
+E=1, so 5 epochs), batch size 32 (expected, Poisson under DP), Adam learning rate 5e-3,
+max_length 128, server learning rate 1, uniform weighting, and ``--bf16 off`` (bfloat16
+autocast, which ``auto`` turns on for this CPU, measured about 5× slower than float32 here).
+δ = 1e-5 for every DP cell (passed as ``--delta 1e-5``; it equals fedlora's default
+min(1e-5, 1/N) here since no node holds 10^5 records). DP sampling and noise come from OS
+entropy (the library default), so a rerun with the same seed differs slightly in its DP cells.
+
+Data (read from ``--data-root``, default ``../shared/data``; nothing is copied for the full
+study). Both commands take one file and hold out a seeded stratified test split of it
+(``fedlora train --eval-fraction F --seed K``, ``fedlora sim --test-fraction F --seed K``,
+both through ``sim.splits.stratified_split`` on the same label ids), so the centralized and
+the federated cells of one seed are tested on exactly the same records:
+
+- BANKING77: ``banking77/train.csv`` (10,003 queries, 77 intents, columns ``text`` and
+  ``category``), split 80/20 → about 8,000 train / 2,000 test. The official ``test.csv`` is
+  *not* used: ``fedlora sim`` can only evaluate on a hold-out of its ``--data`` (see the
+  report of issue #6 for the option that would allow it).
+- medical_abstracts: ``medical_abstracts/medical_tc_test.csv`` (the only file of that corpus
+  available here: 2,888 abstracts, columns ``condition_label`` 1-5 and ``medical_abstract``;
+  labels 1 neoplasms, 2 digestive system diseases, 3 nervous system diseases,
+  4 cardiovascular diseases, 5 general pathological conditions, from
+  ``medical_tc_labels.csv``), split 80/20 → 2,310 train / 578 test. 113 abstracts occur
+  with more than one label upstream; they are kept as they are (some label noise).
+
+The seed ``K`` of a cell seeds the test split, the model's initialisation and the
+partitioning alike (the ``fedlora`` commands take one ``--seed``); seed 0 is the 80/20 split
+the study reports first, further seeds repeat the study on other splits.
+
+Columns: ``data set``, ``cell``, ``setting``; ``seeds`` (how many finished); ``accuracy`` and
+``macro-F1`` on the test split (mean ± sample std over seeds when more than one); ``ε max`` /
+``ε min`` (the ε each node actually spent, max and min over the nodes and seeds: the last
+entry of each node's privacy ledger for ``fedlora sim``, ``metrics.json`` ``epsilon`` for
+``fedlora train``; PRV accountant, δ = 1e-5; ``∞`` without DP); ``wall`` (mean wall time of
+one seed: data preparation, model loading, training, every evaluation and, for federated
+cells, Ray start-up). A ``†`` marks a federated cell with a round that did not complete.
+
+Outputs (``--out``, default ``runs/utility``, or ``runs/utility-quick`` with ``--quick``):
+``cells/<data set>/<cell>/seed-<k>/result.json`` (written atomically when the cell is done:
+metrics, ε per node, wall time, the settings and the exact command), ``.../run/`` (the
+command's own output directory: metrics.json, adapter, ledgers, audit report),
+``.../log.txt``; ``utility.json`` and ``utility.md`` (the table, the settings and the
+commands, ready for docs/results.md), rebuilt after every cell from whatever cells are
+finished (missing ones shown as "–"). A rerun skips finished cells (``--force`` redoes
+them); a result written under other settings is reported as stale and left alone.
+
+``--quick`` changes: a stratified subsample of each data set (seed 0) of about 1,000 records
+(750 train + 250 test), written to ``OUT/data/<data set>/quick-pool.csv`` (the only derived
+copy of the data, made for this mode only); ``max_length`` 32; 1 round of 1 local epoch
+(1 epoch centralized); only the cells ``central-nodp``, ``central-dp8`` and ``fed-dp8``
+unless ``--cells`` names others. Everything else (model, 10 nodes, SecAgg+, δ) is as in the
+full study. It checks the machinery, not the science: on 750 records and one epoch the
+numbers are far from converged (DP cells near chance). It takes about 1.8 minutes on this
+machine's 2 cores when nothing else runs, and several times longer beside other CPU-bound
+jobs (torch's threads then wait on each other).
+
+Usage: ``python bench/utility.py [--quick] [--list] [--datasets ...] [--cells ...]
+[--seeds ...] [--force] [--out DIR] [--data-root DIR] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privacy.durable_io import write_json_atomic, write_text_atomic
+from sim.splits import stratified_split
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
+DELTA = 1e-5
+QUICK_SAMPLE_SEED = 0
+RESULT_FILE = "result.json"
+MISSING = "–"
+NO_DP = "∞"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One data set of the study.
+
+    Parameters
+    ----------
+    name
+        Name used in the output paths and the table.
+    source
+        The file both commands read, relative to the data root.
+    text_column, label_column
+        Its columns.
+    labels
+        Fixed label set passed as ``--labels`` (``None``: inferred, sorted, by both commands).
+    test_fraction
+        Stratified share held out as the test split (full study).
+    """
+
+    name: str
+    source: str
+    text_column: str
+    label_column: str
+    labels: tuple[str, ...] | None
+    test_fraction: float
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("banking77", "banking77/train.csv", "text", "category", None, 0.2),
+        DatasetSpec(
+            "medical_abstracts",
+            "medical_abstracts/medical_tc_test.csv",
+            "medical_abstract",
+            "condition_label",
+            ("1", "2", "3", "4", "5"),
+            0.2,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One setting of the study.
+
+    Parameters
+    ----------
+    name
+        Short name (output path, ``--cells``).
+    federated
+        ``fedlora sim`` (10 nodes) rather than ``fedlora train`` (one institution).
+    epsilon
+        Target ε (per node when federated); ``None`` trains without DP.
+    partition
+        ``fedlora sim --partition`` (federated cells only).
+    lora
+        ``ffa`` (FFA-LoRA, the default) or ``lora``.
+    """
+
+    name: str
+    federated: bool
+    epsilon: float | None
+    partition: str = "dirichlet:0.5"
+    lora: str = "ffa"
+
+    def describe(self) -> str:
+        """A human-readable description of the setting."""
+        where = "centralized" if not self.federated else f"10 nodes, {self._partition_text()}"
+        lora = "FFA-LoRA" if self.lora == "ffa" else "LoRA"
+        dp = "no DP" if self.epsilon is None else f"DP ε={self.epsilon:g}"
+        return f"{where}, {lora}, {dp}"
+
+    def _partition_text(self) -> str:
+        kind, _, alpha = self.partition.partition(":")
+        return f"Dirichlet α={alpha}" if kind == "dirichlet" else kind.upper()
+
+
+CELLS: tuple[Cell, ...] = (
+    Cell("central-nodp", False, None),
+    Cell("central-dp8", False, 8.0),
+    Cell("fed-nodp", True, None),
+    Cell("fed-dp1", True, 1.0),
+    Cell("fed-dp3", True, 3.0),
+    Cell("fed-dp8", True, 8.0),
+    Cell("fed-lora-dp8", True, 8.0, lora="lora"),
+    Cell("fed-iid-dp8", True, 8.0, partition="iid"),
+)
+CELLS_BY_NAME = {cell.name: cell for cell in CELLS}
+QUICK_CELLS: tuple[str, ...] = ("central-nodp", "central-dp8", "fed-dp8")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Settings shared by every cell.
+
+    Parameters
+    ----------
+    quick
+        The ``--quick`` variant (subsampled data, short runs).
+    model, max_length
+        ``--model`` and ``--max-length`` of both commands.
+    rounds, local_epochs
+        Federated rounds and local epochs per round; centralized cells train
+        ``rounds × local_epochs`` epochs.
+    batch_size, learning_rate
+        Expected batch size and Adam learning rate of both commands.
+    bf16
+        ``--bf16`` of both commands: ``off`` by default, as bfloat16 autocast measured about
+        5× slower than float32 on this machine's CPU (AVX512-BF16, so ``auto`` turns it on).
+    nodes, nodes_per_round
+        Federation size and nodes sampled per round.
+    quick_records
+        Records kept per data set by ``--quick`` (train + test); 0 in the full study.
+    quick_test
+        Of those, held out for testing.
+    """
+
+    quick: bool
+    model: str = "default"
+    max_length: int = 128
+    rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 5e-3
+    bf16: str = "off"
+    nodes: int = 10
+    nodes_per_round: int = 10
+    quick_records: int = 0
+    quick_test: int = 0
+
+    @property
+    def central_epochs(self) -> int:
+        """Epochs of a centralized cell: the same passes over the data as a federated one."""
+        return self.rounds * self.local_epochs
+
+
+FULL_PLAN = Plan(quick=False)
+QUICK_PLAN = Plan(
+    quick=True, max_length=32, rounds=1, batch_size=16, quick_records=1000, quick_test=250
+)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The file a cell's command reads and the share it holds out for testing.
+
+    Parameters
+    ----------
+    path
+        The data file (the source itself, or the ``--quick`` subsample).
+    source
+        The data set's file under the data root.
+    test_fraction
+        ``--eval-fraction`` / ``--test-fraction``.
+    records, test_records
+        Records in ``path`` and in its test split (seed 0).
+    words
+        Word count of every record (for the cost estimate).
+    rows
+        The records (text, label) of ``path``.
+    sha256
+        Digest of the source file (a changed source makes earlier results stale).
+    """
+
+    path: Path
+    source: Path
+    test_fraction: float
+    records: int
+    test_records: int
+    words: tuple[int, ...]
+    rows: tuple[tuple[str, str], ...]
+    sha256: str
+
+    @property
+    def derived(self) -> bool:
+        """Whether ``path`` is a subsample written by this script."""
+        return self.path != self.source
+
+
+def _read_rows(path: Path, spec: DatasetSpec) -> list[tuple[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {spec.text_column, spec.label_column} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: no column(s) {sorted(missing)}")
+        return [(row[spec.text_column], row[spec.label_column]) for row in reader]
+
+
+def _label_ids(rows: Sequence[tuple[str, str]], spec: DatasetSpec) -> np.ndarray:
+    labels = spec.labels or tuple(sorted({label for _, label in rows}))
+    index = {label: i for i, label in enumerate(labels)}
+    return np.asarray([index[label] for _, label in rows], dtype=np.int64)
+
+
+def load_pool(spec: DatasetSpec, plan: Plan, data_root: Path, out: Path) -> Pool:
+    """The data a data set's cells read (``--quick``: its stratified subsample, not written).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the data set is not under ``data_root``.
+    """
+    source = data_root / spec.source
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: data set {spec.name} not found (see --data-root)")
+    rows = _read_rows(source, spec)
+    path, fraction = source, spec.test_fraction
+    if plan.quick:
+        _, keep = stratified_split(
+            _label_ids(rows, spec), plan.quick_records / len(rows), QUICK_SAMPLE_SEED
+        )
+        rows = [rows[i] for i in keep]
+        path = out / "data" / spec.name / "quick-pool.csv"
+        fraction = plan.quick_test / len(rows)
+    _, test = stratified_split(_label_ids(rows, spec), fraction, 0)
+    return Pool(
+        path=path,
+        source=source,
+        test_fraction=fraction,
+        records=len(rows),
+        test_records=len(test),
+        words=tuple(len(text.split()) for text, _ in rows),
+        rows=tuple(rows),
+        sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
+    )
+
+
+def write_pool(pool: Pool, spec: DatasetSpec) -> None:
+    """Write a ``--quick`` subsample (atomically; the full study writes nothing)."""
+    if not pool.derived:
+        return
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([spec.text_column, spec.label_column])
+    writer.writerows(pool.rows)
+    text = buffer.getvalue()
+    if not pool.path.is_file() or pool.path.read_text(encoding="utf-8") != text:
+        write_text_atomic(pool.path, text)
+
+
+# ---------------------------------------------------------------------------- cells
+
+
+def _number(value: float) -> str:
+    """A float as the shortest text that reads back to the same value."""
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+def _path_arg(path: Path) -> str:
+    """``path`` as a command-line argument, relative to the working directory if possible."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
+def _flags(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
+    """``[("--a", "1"), ("--b", None)]`` → ``["--a", "1", "--b"]``."""
+    return [text for flag, value in pairs for text in (flag, value) if text is not None]
+
+
+def cell_argv(
+    cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: int, run_dir: Path
+) -> list[str]:
+    """The ``fedlora`` arguments (without the program name) of one cell and seed."""
+    data = [("--data", _path_arg(pool.path))]
+    data += [("--text-column", spec.text_column), ("--label-column", spec.label_column)]
+    if spec.labels is not None:
+        data.append(("--labels", ",".join(spec.labels)))
+    held = "--test-fraction" if cell.federated else "--eval-fraction"
+    data.append((held, _number(pool.test_fraction)))
+    federation = [
+        ("--nodes", str(plan.nodes)),
+        ("--nodes-per-round", str(plan.nodes_per_round)),
+        ("--partition", cell.partition),
+        ("--rounds", str(plan.rounds)),
+        ("--local-epochs", str(plan.local_epochs)),
+    ]
+    model = [("--model", plan.model), ("--lora", cell.lora)]
+    model.append(("--max-length", str(plan.max_length)))
+    dp: list[tuple[str, str | None]] = [("--no-dp", None)]
+    if cell.epsilon is not None:
+        dp = [("--epsilon", _number(cell.epsilon)), ("--delta", _number(DELTA))]
+    opt = [("--batch-size", str(plan.batch_size)), ("--lr", _number(plan.learning_rate))]
+    opt += [("--bf16", plan.bf16), ("--seed", str(seed))]
+    if cell.federated:
+        return [
+            "sim",
+            *_flags([*data, *federation, *model, *dp, *opt, ("--out", _path_arg(run_dir))]),
+        ]
+    epochs = [("--epochs", str(plan.central_epochs))]
+    out = [("--out", _path_arg(run_dir)), ("--quiet", None)]
+    return ["train", *_flags([*data, *model, *dp, *epochs, *opt, *out])]
+
+
+def cell_settings(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: int) -> dict:
+    """What makes a result comparable: a finished result under other settings is stale."""
+    return {
+        "plan": dataclasses.asdict(plan),
+        "cell": dataclasses.asdict(cell),
+        "dataset": dataclasses.asdict(spec),
+        "data": {
+            "source": spec.source,
+            "source_sha256": pool.sha256,
+            "records": pool.records,
+            "test_fraction": pool.test_fraction,
+        },
+        "delta": None if cell.epsilon is None else DELTA,
+        "seed": seed,
+    }
+
+
+def seed_dir(out: Path, dataset: str, cell: str, seed: int) -> Path:
+    """Where one cell and seed keeps its result, log and run directory."""
+    return out / "cells" / dataset / cell / f"seed-{seed}"
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A finished cell's result, or ``None`` when there is none (or it is unreadable)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _same_settings(result: dict[str, Any], settings: dict[str, Any]) -> bool:
+    return bool(
+        json.dumps(result.get("settings"), sort_keys=True) == json.dumps(settings, sort_keys=True)
+    )
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def execute(argv: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Run one ``fedlora train`` / ``fedlora sim`` command line in this process.
+
+    The arguments go through the ``fedlora`` parser and the same configuration and job
+    functions as the command itself.
+
+    Returns
+    -------
+    dict
+        The command's ``metrics.json``.
+    """
+    from sim.cli import build_parser, sim_config_from_args, train_job_from_args
+
+    args = build_parser().parse_args(list(argv))
+    if args.command == "train":
+        from sim.train_job import run_train_job
+
+        return run_train_job(train_job_from_args(args), log=log)
+    from sim.simulation import launch_simulation, prepare_simulation
+
+    config = sim_config_from_args(args)
+    prepared = prepare_simulation(config, log=log)
+    return launch_simulation(prepared, config.cpus_per_node, log=log)
+
+
+def _ledger_epsilons(run_dir: Path) -> tuple[dict[str, float], set[float]]:
+    """Each node's cumulative ε from the last entry of its ledger (0 for a node with none),
+    and the δ values found."""
+    from privacy.ledger import read_ledger
+
+    index = json.loads((run_dir / "partitions" / "index.json").read_text(encoding="utf-8"))
+    epsilons: dict[str, float] = {}
+    deltas: set[float] = set()
+    for entry in index:
+        name = str(entry["node"])
+        path = run_dir / "ledgers" / f"{name}.jsonl"
+        entries = read_ledger(path) if path.is_file() else []
+        epsilons[name] = entries[-1].epsilon if entries else 0.0
+        deltas.update(e.delta for e in entries)
+    return epsilons, deltas
+
+
+def summarise(cell: Cell, metrics: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Accuracy, macro-F1 and the ε spent, from a finished command's outputs."""
+    if not cell.federated:
+        epsilon = metrics.get("epsilon")
+        return {
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "initial_accuracy": metrics.get("initial_accuracy"),
+            "epsilon_per_node": None if epsilon is None else {"central": epsilon},
+            "epsilon_source": "metrics.json epsilon" if epsilon is not None else None,
+            "delta": metrics.get("delta"),
+            "train_examples": metrics.get("train_examples"),
+            "test_examples": metrics.get("eval_examples"),
+            "completed_rounds": None,
+            "stopped_nodes": {},
+        }
+    final = metrics.get("final") or {}
+    per_node: dict[str, float] | None = None
+    delta: float | None = None
+    source = None
+    if cell.epsilon is not None:
+        per_node, deltas = _ledger_epsilons(run_dir)
+        delta = max(deltas) if deltas else None
+        source = "last entry of each node's ledger (PRV)"
+    test_examples = _csv_records(run_dir / "test.csv")
+    sizes = [_csv_records(path) for path in _node_files(run_dir)]
+    return {
+        "accuracy": final.get("accuracy"),
+        "macro_f1": final.get("macro_f1"),
+        "initial_accuracy": (metrics.get("initial") or {}).get("accuracy"),
+        "epsilon_per_node": per_node,
+        "epsilon_per_node_metrics": final.get("epsilon"),
+        "epsilon_source": source,
+        "delta": delta,
+        "train_examples": sum(sizes),
+        "node_examples": sizes,
+        "test_examples": test_examples,
+        "completed_rounds": final.get("completed_rounds"),
+        "stopped_nodes": metrics.get("stopped_nodes", {}),
+    }
+
+
+def _csv_records(path: Path) -> int:
+    """Records of a CSV file with a header (texts may span lines)."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        return sum(1 for _ in csv.reader(handle)) - 1
+
+
+def _node_files(run_dir: Path) -> list[Path]:
+    index = json.loads((run_dir / "partitions" / "index.json").read_text(encoding="utf-8"))
+    return [run_dir / "partitions" / str(entry["file"]) for entry in index]
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_cell(
+    cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: int, out: Path
+) -> dict[str, Any]:
+    """Run one cell and seed from scratch and write its ``result.json`` atomically."""
+    import shutil
+
+    folder = seed_dir(out, spec.name, cell.name, seed)
+    run_dir = folder / "run"
+    if run_dir.exists():  # an interrupted attempt: its ledgers must not count again
+        shutil.rmtree(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = cell_argv(cell, spec, plan, pool, seed, run_dir)
+    command = "fedlora " + shlex.join(argv)
+    tag = f"{spec.name}/{cell.name}/seed-{seed}"
+    log_path = folder / "log.txt"
+    with log_path.open("w", encoding="utf-8") as log_file:
+
+        def log(message: str) -> None:
+            log_file.write(message + "\n")
+            log_file.flush()
+            print(f"    [{tag}] {message}", file=sys.stderr, flush=True)
+
+        log(f"$ {command}")
+        started, load_before = _utc_now(), os.getloadavg()[0]
+        start = time.perf_counter()
+        metrics = execute(argv, log)
+        wall = time.perf_counter() - start
+        load_after = os.getloadavg()[0]
+    result = {
+        "benchmark": "utility",
+        "dataset": spec.name,
+        "cell": cell.name,
+        "description": cell.describe(),
+        "seed": seed,
+        "kind": "federated" if cell.federated else "centralized",
+        "command": command,
+        "cwd": str(Path.cwd()),
+        "run_dir": _path_arg(run_dir),
+        "target_epsilon": cell.epsilon,
+        **summarise(cell, metrics, run_dir),
+        "planned_rounds": plan.rounds if cell.federated else None,
+        "wall_seconds": wall,
+        "started": started,
+        "finished": _utc_now(),
+        "load_average": [load_before, load_after],
+        "cpus": os.cpu_count(),
+        "settings": cell_settings(cell, spec, plan, pool, seed),
+    }
+    per_node = result["epsilon_per_node"]
+    result["epsilon_max"] = max(per_node.values()) if per_node else None
+    result["epsilon_min"] = min(per_node.values()) if per_node else None
+    write_json_atomic(folder / RESULT_FILE, result)
+    return result
+
+
+# ------------------------------------------------------------------------ estimate
+
+#: Cost model of one cell, fitted to cells measured on this machine (2 cores, idle):
+#: seconds = fixed overhead + training example-tokens × per-token cost + evaluation
+#: example-tokens × per-token cost. Tokens per record ≈ min(max_length, 1.35·words + 2),
+#: padded to the longest of its batch (×1.6 for texts below max_length).
+COST_CENTRAL_OVERHEAD_S = 12.0
+COST_SIM_OVERHEAD_S = 20.0
+COST_NODE_ROUND_S = 3.0  # per node and round (actor start, model build, calibration)
+COST_TRAIN_TOKEN_S = {False: 2.0e-4, True: 3.0e-4}  # per example-token, without / with DP
+COST_LORA_FACTOR = 1.1  # plain LoRA trains A too
+COST_EVAL_TOKEN_S = 3.0e-5
+
+
+def _padded_tokens(words: Sequence[int], max_length: int) -> float:
+    tokens = [min(max_length, 1.35 * w + 2) for w in words]
+    mean = statistics.fmean(tokens)
+    return min(float(max_length), 1.6 * mean)
+
+
+def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
+    """Rough wall time of one cell and seed on this machine (see the cost constants)."""
+    tokens = _padded_tokens(pool.words, plan.max_length)
+    train = pool.records - pool.test_records
+    per_token = COST_TRAIN_TOKEN_S[cell.epsilon is not None]
+    if cell.lora == "lora":
+        per_token *= COST_LORA_FACTOR
+    seconds = train * plan.central_epochs * tokens * per_token
+    cpus = max(1, os.cpu_count() or 1)
+    if cell.federated:
+        evaluations = plan.rounds + 2  # before training, after each round, final
+        seconds += COST_SIM_OVERHEAD_S + COST_NODE_ROUND_S * plan.nodes * plan.rounds / cpus
+    else:
+        evaluations = 2
+        seconds += COST_CENTRAL_OVERHEAD_S
+    return seconds + evaluations * pool.test_records * tokens * COST_EVAL_TOKEN_S
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _format_metric(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return MISSING
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return MISSING
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def collect(
+    out: Path, plan: Plan, pools: dict[str, Pool]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per data set and cell from the finished results under ``out`` (all seeds on
+    disk whose settings match ``plan``), and the paths of stale results."""
+    rows: list[dict[str, Any]] = []
+    stale: list[str] = []
+    for name, spec in DATASETS.items():
+        for cell in CELLS:
+            results = []
+            folder = out / "cells" / name / cell.name
+            seed_folders = sorted(folder.glob("seed-*")) if folder.is_dir() else []
+            for sub in seed_folders:
+                result = read_result(sub / RESULT_FILE)
+                if result is None:
+                    continue
+                pool = pools.get(name)
+                if pool is None:  # data set not available: its results cannot be checked
+                    continue
+                if not _same_settings(
+                    result, cell_settings(cell, spec, plan, pool, int(result["seed"]))
+                ):
+                    stale.append(_path_arg(sub / RESULT_FILE))
+                    continue
+                results.append(result)
+            rows.append(_row(name, cell, results))
+    return rows, stale
+
+
+def _row(dataset: str, cell: Cell, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "dataset": dataset,
+        "cell": cell.name,
+        "description": cell.describe(),
+        "seeds": sorted(int(r["seed"]) for r in results),
+    }
+    for key in ("accuracy", "macro_f1", "wall_seconds"):
+        values = [float(r[key]) for r in results if r.get(key) is not None]
+        mean, std = _mean_std(values) if values else (None, None)
+        row[key], row[f"{key}_std"] = mean, std
+    maxima = [r["epsilon_max"] for r in results if r.get("epsilon_max") is not None]
+    minima = [r["epsilon_min"] for r in results if r.get("epsilon_min") is not None]
+    row["epsilon_max"] = max(maxima) if maxima else None
+    row["epsilon_min"] = min(minima) if minima else None
+    deltas = {r["delta"] for r in results if r.get("delta") is not None}
+    row["delta"] = deltas.pop() if len(deltas) == 1 else (sorted(deltas) or None)
+    row["incomplete"] = any(
+        r.get("completed_rounds") is not None and r["completed_rounds"] < r["planned_rounds"]
+        for r in results
+    )
+    row["commands"] = {str(r["seed"]): r["command"] for r in results}
+    return row
+
+
+TABLE_COLUMNS: tuple[str, ...] = (
+    *("data set", "cell", "setting", "seeds", "accuracy", "macro-F1", "ε max", "ε min", "wall"),
+)
+
+
+def _cells_text(row: dict[str, Any]) -> list[str]:
+    mark = " †" if row["incomplete"] else ""
+    eps = [MISSING if row[k] is None else f"{row[k]:.3f}" for k in ("epsilon_max", "epsilon_min")]
+    if row["seeds"] and row["epsilon_max"] is None:
+        eps = [NO_DP, NO_DP]
+    return [
+        row["dataset"],
+        row["cell"],
+        row["description"],
+        str(len(row["seeds"])) if row["seeds"] else MISSING,
+        _format_metric(row["accuracy"], row["accuracy_std"]) + (mark if row["seeds"] else ""),
+        _format_metric(row["macro_f1"], row["macro_f1_std"]),
+        *eps,
+        _format_seconds(row["wall_seconds"]),
+    ]
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The plain-text table printed on stdout."""
+    cells = [list(TABLE_COLUMNS)] + [_cells_text(row) for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
+    lines = [
+        "  ".join(text.ljust(w) for text, w in zip(line, widths, strict=True)) for line in cells
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def settings_text(plan: Plan, pools: dict[str, Pool]) -> str:
+    """One paragraph on what every cell shares."""
+    data = "; ".join(
+        f"{name}: {pool.records - pool.test_records} train / {pool.test_records} test records "
+        f"(seed 0) from {'a stratified subsample of ' if pool.derived else ''}"
+        f"{DATASETS[name].source}"
+        for name, pool in pools.items()
+    )
+    return (
+        f"{'--quick: ' if plan.quick else ''}model {plan.model} (FFA-LoRA unless stated, rank 8, "
+        f"query+value), max_length {plan.max_length}, batch size {plan.batch_size}, Adam lr "
+        f"{plan.learning_rate:g}, bf16 {plan.bf16}; federated: {plan.nodes} nodes, "
+        f"{plan.nodes_per_round} per round, {plan.rounds} round(s) × {plan.local_epochs} "
+        "local epoch(s), SecAgg+ on; "
+        f"centralized: {plan.central_epochs} epoch(s); DP: δ = {DELTA:g}, PRV accountant, "
+        f"clip norm 1. Test split: seeded stratified hold-out of {data}."
+    )
+
+
+def format_markdown(rows: Sequence[dict[str, Any]], plan: Plan, pools: dict[str, Pool]) -> str:
+    """``utility.md``: the table, the shared settings and each finished cell's command."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cells_text(row)) + " |")
+    text = "\n".join(lines) + "\n\n" + settings_text(plan, pools) + "\n"
+    text += (
+        "\nAccuracy and macro-F1 on the test split (mean ± sample std over seeds when more "
+        "than one); ε max / ε min: the ε each node actually spent (ledgers; "
+        "`metrics.json` for centralized runs), over nodes and seeds; wall: mean per seed. "
+        f"{NO_DP}: no DP. {MISSING}: not run yet. † a round did not complete.\n"
+    )
+    commands = [
+        (row["dataset"], row["cell"], seed, command)
+        for row in rows
+        for seed, command in sorted(row["commands"].items())
+    ]
+    if commands:
+        text += "\nCommands (run from the repository root):\n\n```bash\n"
+        for dataset, cell, seed, command in commands:
+            text += f"# {dataset} / {cell} / seed {seed}\n{command}\n"
+        text += "```\n"
+    return text
+
+
+def write_outputs(
+    out: Path, plan: Plan, pools: dict[str, Pool], json_path: Path | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rebuild ``utility.json`` and ``utility.md`` from the finished cells."""
+    rows, stale = collect(out, plan, pools)
+    payload = {
+        "benchmark": "utility",
+        "plan": dataclasses.asdict(plan),
+        "delta": DELTA,
+        "settings": settings_text(plan, pools),
+        "datasets": {
+            name: {
+                "source": DATASETS[name].source,
+                "file": _path_arg(pool.path),
+                "records": pool.records,
+                "test_records_seed_0": pool.test_records,
+                "test_fraction": pool.test_fraction,
+            }
+            for name, pool in pools.items()
+        },
+        "cpus": os.cpu_count(),
+        "rows": rows,
+        "stale_results": stale,
+    }
+    write_json_atomic(out / "utility.json", payload)
+    write_text_atomic(out / "utility.md", format_markdown(rows, plan, pools))
+    if json_path is not None:
+        write_json_atomic(json_path, payload)
+    return rows, stale
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description="The utility study (issue #6, benchmark 4): accuracy and macro-F1 of "
+        "centralized and federated DP-LoRA on BANKING77 and medical abstracts, with the ε "
+        "each node spent. Resumable: finished cells are skipped.",
+        epilog="examples:\n"
+        "  python bench/utility.py --quick                      # smoke run, < 2 min idle\n"
+        "  python bench/utility.py --list                       # the plan and its cost\n"
+        "  python bench/utility.py --datasets banking77 --cells central-dp8 --seeds 0\n"
+        "  python bench/utility.py --seeds 0 1 2                # the whole study, 3 seeds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="about 750 train / 250 test records per data set, max_length 32, 1 round, "
+        f"cells {', '.join(QUICK_CELLS)} unless --cells says otherwise",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=tuple(DATASETS),
+        metavar="NAME",
+        help=f"data sets to run: {', '.join(DATASETS)} (default: all)",
+    )
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        choices=tuple(CELLS_BY_NAME),
+        metavar="NAME",
+        help=f"cells to run: {', '.join(CELLS_BY_NAME)} (default: all)",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], metavar="K", help="seeds (default: 0)"
+    )
+    parser.add_argument("--force", action="store_true", help="redo finished cells")
+    parser.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="off",
+        help="bfloat16 autocast in every cell (default off: about 5x slower than float32 on "
+        "this machine's CPU)",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="print the cell plan with cost estimates and stop"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: runs/utility, or runs/utility-quick with --quick)",
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=DEFAULT_DATA_ROOT,
+        help=f"where the data sets live (default: {_path_arg(DEFAULT_DATA_ROOT)})",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write the table as JSON to PATH"
+    )
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = REPO / "runs" / ("utility-quick" if args.quick else "utility")
+    if args.datasets is None:
+        args.datasets = list(DATASETS)
+    if args.cells is None:
+        args.cells = list(QUICK_CELLS) if args.quick else [cell.name for cell in CELLS]
+    if any(seed < 0 for seed in args.seeds):
+        parser.error("--seeds must be >= 0")
+    args.seeds = sorted(set(args.seeds))
+    return args
+
+
+def print_plan(
+    selected: Sequence[tuple[DatasetSpec, Cell]], plan: Plan, pools: dict[str, Pool], args: Any
+) -> None:
+    """``--list``: every selected cell and seed, its status and its estimated cost."""
+    print(settings_text(plan, pools))
+    header = (
+        f"{'data set':<18} {'cell':<13} {'setting':<46} {'seeds':<14} {'estimate/seed':>13} "
+        f"{'measured/seed':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    todo = 0.0
+    for spec, cell in selected:
+        pool = pools[spec.name]
+        estimate = estimate_seconds(cell, plan, pool)
+        status, measured = [], []
+        for seed in args.seeds:
+            result = read_result(seed_dir(args.out, spec.name, cell.name, seed) / RESULT_FILE)
+            settings = cell_settings(cell, spec, plan, pool, seed)
+            if result is not None and _same_settings(result, settings):
+                measured.append(float(result["wall_seconds"]))
+            if result is not None and _same_settings(result, settings) and not args.force:
+                status.append(f"{seed}:done")
+            else:
+                status.append(f"{seed}:todo")
+                todo += estimate
+        took = _format_seconds(statistics.fmean(measured)) if measured else MISSING
+        print(
+            f"{spec.name:<18} {cell.name:<13} {cell.describe():<46} {' '.join(status):<14} "
+            f"{_format_seconds(estimate):>13} {took:>13}"
+        )
+    print(f"estimated time of the cells still to run: {_format_seconds(todo)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected cells (skipping finished ones) and print the table."""
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    plan = dataclasses.replace(QUICK_PLAN if args.quick else FULL_PLAN, bf16=args.bf16)
+    out: Path = args.out.resolve()
+    args.out = out
+    pools = {
+        name: load_pool(spec, plan, args.data_root.resolve(), out)
+        for name, spec in DATASETS.items()
+        if (args.data_root / spec.source).is_file() or name in args.datasets
+    }
+    selected = [(DATASETS[d], CELLS_BY_NAME[c]) for d in args.datasets for c in args.cells]
+    if args.list:
+        print_plan(selected, plan, pools, args)
+        return 0
+    from sim.cli import quiet_libraries
+
+    quiet_libraries()
+    failures = []
+    for spec, cell in selected:
+        pool = pools[spec.name]
+        write_pool(pool, spec)
+        for seed in args.seeds:
+            tag = f"{spec.name}/{cell.name}/seed-{seed}"
+            path = seed_dir(out, spec.name, cell.name, seed) / RESULT_FILE
+            result = read_result(path)
+            settings = cell_settings(cell, spec, plan, pool, seed)
+            if result is not None and not args.force:
+                if _same_settings(result, settings):
+                    print(f"  skip: {tag} (finished)", file=sys.stderr)
+                else:
+                    print(
+                        f"  skip: {tag}: {_path_arg(path)} holds a result under other "
+                        "settings; use another --out, or --force to replace it",
+                        file=sys.stderr,
+                    )
+                continue
+            print(
+                f"  run:  {tag} (estimate {_format_seconds(estimate_seconds(cell, plan, pool))})",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                result = run_cell(cell, spec, plan, pool, seed, out)
+            except KeyboardInterrupt:
+                print(
+                    f"  interrupted: {tag}; finished cells are kept, rerun to continue",
+                    file=sys.stderr,
+                )
+                write_outputs(out, plan, pools, args.json)
+                return 130
+            except Exception as exc:  # one failed cell must not lose the others
+                failures.append(tag)
+                print(f"  FAILED: {tag}: {exc!r}", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
+                continue
+            print(
+                f"  done: {tag} in {_format_seconds(result['wall_seconds'])}: accuracy "
+                f"{_format_metric(result['accuracy'], None)}, macro-F1 "
+                f"{_format_metric(result['macro_f1'], None)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            write_outputs(out, plan, pools, None)
+    rows, stale = write_outputs(out, plan, pools, args.json)
+    load = os.getloadavg()[0]
+    print(
+        f"utility study{' (--quick)' if plan.quick else ''}, {os.cpu_count()} CPUs, load "
+        f"average {load:.1f} at the end; results in {_path_arg(out)}"
+    )
+    print(settings_text(plan, pools))
+    print(format_table(rows))
+    for stale_path in stale:
+        print(f"stale (other settings, not shown): {stale_path}", file=sys.stderr)
+    if failures:
+        print(f"failed cells: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
