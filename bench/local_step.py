@@ -22,17 +22,18 @@ B, as in production; σ = 1, RDP accountant, fixed ``noise_seed``). A step is th
 between two calls of its ``progress`` callback: sampling, batching, forward, backward,
 clipping, noise and the Adam step. The batch builder that ``train_adapter`` calls is
 wrapped (``unittest.mock.patch``) to record each batch's size and width and, for
-``fixed128``, to pad to 128 tokens: ``train_adapter`` has no padding option. ``train_adapter``
-does not offer ghost clipping, so ``ghost`` rows come from a minimal, separate loop in this
-script (:func:`run_ghost`) that uses Opacus' own API (``make_private(...,
-grad_sample_mode="ghost")`` and the criterion it returns), the same model, batches, autocast,
-Poisson sampling and seed; ghost clipping computes its norms in the autocast dtype (no
-float32 fix as in ``train_adapter``). A configuration that raises is shown as
-``unsupported: <reason>``; empty Poisson batches are skipped there. All configurations use
-the same data sample, the process is warmed up once (one untimed step per dtype and padding)
-and repeats are interleaved (repeat 1 of every configuration, then repeat 2, ...), so that
-a change of load on the machine hits all of them alike. On a shared machine, run it when
-the load average is below about 1.5.
+``fixed128``, to pad to 128 tokens: ``train_adapter`` has no padding option.
+``train_adapter`` does not offer ghost clipping, so ``ghost`` rows come from a minimal,
+separate loop in this script (:func:`run_ghost`) that uses Opacus' own API
+(``make_private(..., grad_sample_mode="ghost")`` and the criterion it returns), the same
+model, batches, autocast, Poisson sampling and seed; empty Poisson batches are skipped there.
+Ghost clipping computes its norms in the dtype of the backprops (Opacus casts the
+activations to it), without the float32 fix of ``train_adapter``, so bf16 ghost rows are a
+speed measurement only. A configuration that raises is shown as ``unsupported: <reason>``.
+All configurations use the same data sample, the process is warmed up once (one untimed
+step per dtype and padding) and repeats are interleaved (repeat 1 of every configuration,
+then repeat 2, ...), so that a change of load on the machine hits all of them alike. On a
+shared machine, run it when the load average is below about 1.5.
 
 Columns: ``ex/s`` (examples per second over the timed steps; median of repeats, a repeat's
 value being its examples / its time), ``ms/step`` (median over repeats of the mean timed
@@ -276,8 +277,9 @@ def run_setting(
 def warm_up_process(model: TextClassifier, data: TokenizedTexts, batch_size: int) -> None:
     """One untimed forward + backward per dtype and padding before any measurement.
 
-    A fresh process is slow for its first steps (allocator growth, first-touch page faults,
-    oneDNN primitive creation); without this, whichever configuration runs first pays it.
+    The first steps of a fresh process were seen to be slower here (memory allocation and
+    oneDNN primitive creation are likely causes); without this, whichever configuration
+    runs first would pay for it.
     """
     for dtype in DTYPES:
         for pad_to in (FIXED_WIDTH, None):

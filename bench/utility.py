@@ -37,14 +37,15 @@ the federated cells of one seed are tested on exactly the same records:
 
 - BANKING77: ``banking77/train.csv`` (10,003 queries, 77 intents, columns ``text`` and
   ``category``), split 80/20 → about 8,000 train / 2,000 test. The official ``test.csv`` is
-  *not* used: ``fedlora sim`` can only evaluate on a hold-out of its ``--data`` (see the
-  report of issue #6 for the option that would allow it).
+  *not* used: ``fedlora sim`` can only evaluate on a hold-out of its ``--data`` (a
+  ``--test-data FILE`` option, as ``fedlora train --eval`` has, would allow it).
 - medical_abstracts: ``medical_abstracts/medical_tc_test.csv`` (the only file of that corpus
   available here: 2,888 abstracts, columns ``condition_label`` 1-5 and ``medical_abstract``;
   labels 1 neoplasms, 2 digestive system diseases, 3 nervous system diseases,
   4 cardiovascular diseases, 5 general pathological conditions, from
   ``medical_tc_labels.csv``), split 80/20 → 2,310 train / 578 test. 113 abstracts occur
-  with more than one label upstream; they are kept as they are (some label noise).
+  with more than one label upstream; they are kept as they are (some label noise, and a
+  repeated abstract can fall on both sides of the split).
 
 The seed ``K`` of a cell seeds the test split, the model's initialisation and the
 partitioning alike (the ``fedlora`` commands take one ``--seed``); seed 0 is the 80/20 split
@@ -69,16 +70,18 @@ them); a result written under other settings is reported as stale and left alone
 
 ``--quick`` changes: a stratified subsample of each data set (seed 0) of about 1,000 records
 (750 train + 250 test), written to ``OUT/data/<data set>/quick-pool.csv`` (the only derived
-copy of the data, made for this mode only); ``max_length`` 32; 1 round of 1 local epoch
-(1 epoch centralized); only the cells ``central-nodp``, ``central-dp8`` and ``fed-dp8``
-unless ``--cells`` names others. Everything else (model, 10 nodes, SecAgg+, δ) is as in the
+copy of the data, made for this mode only); ``max_length`` 32; batch size 16 (``fedlora
+sim`` redraws a Dirichlet partition until every node holds at least one batch, which 750
+medical abstracts in 10 nodes do not reliably allow at 32); 1 round of 1 local epoch (1 epoch
+centralized); only the cells ``central-nodp``, ``central-dp8`` and ``fed-dp8`` unless
+``--cells`` names others. Everything else (model, 10 nodes, SecAgg+, δ) is as in the
 full study. It checks the machinery, not the science: on 750 records and one epoch the
 numbers are far from converged (DP cells near chance). It takes about 1.8 minutes on this
 machine's 2 cores when nothing else runs, and several times longer beside other CPU-bound
 jobs (torch's threads then wait on each other).
 
 Usage: ``python bench/utility.py [--quick] [--list] [--datasets ...] [--cells ...]
-[--seeds ...] [--force] [--out DIR] [--data-root DIR] [--json PATH]``.
+[--seeds ...] [--force] [--bf16 auto|on|off] [--out DIR] [--data-root DIR] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -610,16 +613,18 @@ def run_cell(
 
 # ------------------------------------------------------------------------ estimate
 
-#: Cost model of one cell, fitted to cells measured on this machine (2 cores, idle):
-#: seconds = fixed overhead + training example-tokens × per-token cost + evaluation
-#: example-tokens × per-token cost. Tokens per record ≈ min(max_length, 1.35·words + 2),
-#: padded to the longest of its batch (×1.6 for texts below max_length).
-COST_CENTRAL_OVERHEAD_S = 12.0
-COST_SIM_OVERHEAD_S = 20.0
-COST_NODE_ROUND_S = 3.0  # per node and round (actor start, model build, calibration)
-COST_TRAIN_TOKEN_S = {False: 2.0e-4, True: 3.0e-4}  # per example-token, without / with DP
+#: Cost model of one cell, fitted to the ``--quick`` cells measured on this machine (2 cores,
+#: nothing else running): seconds = fixed overhead + training example-tokens × per-token
+#: cost + evaluation example-tokens × per-token cost (+ per node and round for federated
+#: cells). Tokens per record ≈ min(max_length, 1.35·words + 2), and a batch is padded to its
+#: longest record (×1.6 for texts shorter than max_length). Beside other CPU-bound jobs
+#: every figure can be several times higher.
+COST_CENTRAL_OVERHEAD_S = 4.0
+COST_SIM_OVERHEAD_S = 8.0
+COST_NODE_ROUND_S = 2.0  # per node and round, over the cores (actor, model build, σ, SecAgg+)
+COST_TRAIN_TOKEN_S = {False: 3.6e-4, True: 4.0e-4}  # per example-token, without / with DP
 COST_LORA_FACTOR = 1.1  # plain LoRA trains A too
-COST_EVAL_TOKEN_S = 3.0e-5
+COST_EVAL_TOKEN_S = 1.0e-4
 
 
 def _padded_tokens(words: Sequence[int], max_length: int) -> float:
