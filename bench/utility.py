@@ -613,33 +613,39 @@ def run_cell(
 
 # ------------------------------------------------------------------------ estimate
 
-#: Cost model of one cell, fitted to the ``--quick`` cells measured on this machine (2 cores,
-#: nothing else running): seconds = fixed overhead + training example-tokens × per-token
-#: cost + evaluation example-tokens × per-token cost (+ per node and round for federated
-#: cells). Tokens per record ≈ min(max_length, 1.35·words + 2), and a batch is padded to its
-#: longest record (×1.6 for texts shorter than max_length). Beside other CPU-bound jobs
-#: every figure can be several times higher.
+#: Cost model of one cell, fitted to cells measured on this machine (2 cores, nothing else
+#: running; 20 DP-SGD steps of each data set at max_length 128, and the ``--quick`` cells):
+#: seconds = fixed overhead + training example-tokens × per-token cost + evaluation
+#: example-tokens × per-token cost (+ per node and round for federated cells). A record has
+#: about min(max_length, 1.35·words + 2) tokens and a batch is padded to its longest record,
+#: so a batch costs its size × the expected longest record of such a batch. Beside other
+#: CPU-bound jobs every figure can be several times higher (measured: 3×).
 COST_CENTRAL_OVERHEAD_S = 4.0
 COST_SIM_OVERHEAD_S = 8.0
 COST_NODE_ROUND_S = 2.0  # per node and round, over the cores (actor, model build, σ, SecAgg+)
-COST_TRAIN_TOKEN_S = {False: 3.6e-4, True: 4.0e-4}  # per example-token, without / with DP
+COST_TRAIN_TOKEN_S = {False: 3.8e-4, True: 4.0e-4}  # per padded token, without / with DP
 COST_LORA_FACTOR = 1.1  # plain LoRA trains A too
-COST_EVAL_TOKEN_S = 1.0e-4
+COST_EVAL_TOKEN_S = 1.2e-4
+EVAL_BATCH = 128  # client.evaluation.evaluate's default batch size
 
 
-def _padded_tokens(words: Sequence[int], max_length: int) -> float:
-    tokens = [min(max_length, 1.35 * w + 2) for w in words]
-    mean = statistics.fmean(tokens)
-    return min(float(max_length), 1.6 * mean)
+def padded_tokens(words: Sequence[int], max_length: int, batch: int) -> float:
+    """Expected padded length of a batch of ``batch`` random records (Monte Carlo, seeded)."""
+    tokens = np.minimum(float(max_length), 1.35 * np.asarray(words, dtype=float) + 2)
+    picks = np.random.default_rng(0).integers(0, len(tokens), size=(200, min(batch, len(tokens))))
+    return float(tokens[picks].max(axis=1).mean())
 
 
 def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
     """Rough wall time of one cell and seed on this machine (see the cost constants)."""
-    tokens = _padded_tokens(pool.words, plan.max_length)
     train = pool.records - pool.test_records
     per_token = COST_TRAIN_TOKEN_S[cell.epsilon is not None]
     if cell.lora == "lora":
         per_token *= COST_LORA_FACTOR
+    batch = plan.batch_size
+    if cell.federated:  # each node's batches are drawn from its own share only
+        batch = min(batch, max(1, train // plan.nodes))
+    tokens = padded_tokens(pool.words, plan.max_length, batch)
     seconds = train * plan.central_epochs * tokens * per_token
     cpus = max(1, os.cpu_count() or 1)
     if cell.federated:
@@ -648,7 +654,8 @@ def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
     else:
         evaluations = 2
         seconds += COST_CENTRAL_OVERHEAD_S
-    return seconds + evaluations * pool.test_records * tokens * COST_EVAL_TOKEN_S
+    eval_tokens = padded_tokens(pool.words, plan.max_length, EVAL_BATCH)
+    return seconds + evaluations * pool.test_records * eval_tokens * COST_EVAL_TOKEN_S
 
 
 # --------------------------------------------------------------------------- table
