@@ -76,12 +76,19 @@ from unittest import mock
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import client.dp_training as dp_training
 from client.batching import Batch, TokenizedTexts, make_batch, tokenize_texts
 from client.data_loading import DataConfig, load_labelled_texts
-from client.dp_training import DPConfig, TrainConfig, bf16_supported, train_adapter
+from client.dp_training import (
+    DPConfig,
+    IndexDataset,
+    TrainConfig,
+    batch_indices,
+    bf16_supported,
+    train_adapter,
+)
 from client.model import ModelConfig, TextClassifier, build_model, load_tokenizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/banking77/train.csv"
@@ -189,19 +196,6 @@ def run_train_adapter(
     return log
 
 
-class _Indices(Dataset[tuple[int]]):
-    """Records as ``(index,)``, the form Opacus' data loader expects."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> tuple[int]:
-        return (index,)
-
-
 def run_ghost(
     model: TextClassifier, data: TokenizedTexts, setting: Setting, batch_size: int, seed: int
 ) -> StepLog:
@@ -219,7 +213,7 @@ def run_ghost(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=TrainConfig().learning_rate)
     loader: DataLoader[tuple[int]] = DataLoader(
-        _Indices(len(data)), batch_size=batch_size, generator=generator
+        IndexDataset(len(data)), batch_size=batch_size, generator=generator
     )
     engine = PrivacyEngine(accountant="rdp")
     private, optimizer, criterion, loader = engine.make_private(
@@ -239,11 +233,7 @@ def run_ghost(
     private.train()
     try:
         for collated in loader:
-            indices = (
-                torch.as_tensor(collated[0], dtype=torch.long).reshape(-1)
-                if len(collated)
-                else torch.zeros(0, dtype=torch.long)
-            )
+            indices = batch_indices(collated)
             if indices.numel() == 0:
                 continue
             batch = make_batch(data, indices, pad_to=setting.pad_to)
@@ -549,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data, num_labels = load_sample(
         args.data, args.batch_size * (args.warmup + args.steps), config.max_length, args.seed
     )
-    model = build_model(config, num_labels)
+    model = build_model(config, [f"class {i}" for i in range(num_labels)])
     flops, flop_method = flops_per_example(model)
     warm_up_process(model, data, args.batch_size)
 

@@ -337,7 +337,9 @@ class ModelSize:
 
 def model_size(name: str, labels: int) -> ModelSize:
     """Count the trainable adapter floats and all parameters of ``name`` (FFA-LoRA r = 8)."""
-    model = build_model(ModelConfig(model=name, lora="ffa", rank=8), labels)
+    model = build_model(
+        ModelConfig(model=name, lora="ffa", rank=8), [f"class {i}" for i in range(labels)]
+    )
     adapter = sum(int(v.size) for v in adapter_state(model, trainable_only=True).values())
     total = sum(int(p.numel()) for p in model.parameters())
     return ModelSize(name, adapter, total)

@@ -1,63 +1,89 @@
-"""Benchmark 4, the utility study: what DP, federation, the LoRA variant and skew cost in accuracy.
+"""Benchmark 4, the utility study: what DP, federation, the LoRA variant, skew and the
+zero-shot prior cost or buy in accuracy.
 
 Why it exists: issue #6 asks what the privacy machinery costs in model quality. This trains
-the default model (all-MiniLM-L6-v2 with FFA-LoRA) on two real data sets in eight settings
-("cells") and reports test accuracy and macro-F1 next to the privacy actually spent, so that
-docs/results.md can say what an ε buys and at what price. It only *wraps* the ``fedlora``
-commands: every cell is one ``fedlora train`` or ``fedlora sim`` command line, parsed by the
-``fedlora`` argument parser itself and run in this process through the same functions the
-command calls (``run_train_job``; ``prepare_simulation`` + ``launch_simulation``). The exact
-command is recorded with each result and can be rerun by hand from the same directory.
+the default model (all-MiniLM-L6-v2 with FFA-LoRA) on two real data sets in sixteen settings
+("cells") and reports test accuracy and macro-F1, before and after training, next to the
+privacy actually spent, so that docs/results.md can say what an ε buys and at what price. It
+only *wraps* the ``fedlora`` commands: every cell is one ``fedlora train`` or ``fedlora sim``
+command line, parsed by the ``fedlora`` argument parser itself and run in this process through
+the same functions the command calls (``run_train_job``; ``prepare_simulation`` +
+``launch_simulation``). The exact command is recorded with each result and can be rerun by
+hand from the same directory.
 
-Cells (per data set; ``fed-dp8`` is also the FFA-LoRA and the Dirichlet arm of the two
-comparisons at ε=8):
+Cells (per data set). Unless a cell says otherwise it uses FFA-LoRA and the prototype head
+(``--head prototype``: cosine similarity to class vectors that start as the encoder's
+embeddings of the label names, a zero-shot classifier before any training); ``linear`` cells
+use a randomly initialised linear head instead (``--head linear``, no prior). Federated cells
+use 10 nodes with a Dirichlet α=0.5 label skew, all nodes sampled every round and SecAgg+ on
+(the default); their ε is each node's budget.
 
-- ``central-nodp``, ``central-dp8``: one institution holding all training data
-  (``fedlora train``), without DP and with DP-SGD at ε=8;
-- ``fed-nodp``, ``fed-dp1``, ``fed-dp3``, ``fed-dp8``: 10 nodes, Dirichlet α=0.5 label skew,
-  all 10 nodes sampled every round, SecAgg+ on (the default), without DP and with a per-node
-  budget ε of 1, 3, 8 (``fedlora sim``);
-- ``fed-lora-dp8``: as ``fed-dp8`` with plain LoRA (A and B trained) instead of FFA-LoRA;
-- ``fed-iid-dp8``: as ``fed-dp8`` with an IID partition.
+- ``central-nodp``, ``central-dp1``, ``central-dp3``, ``central-dp8``: one institution holding
+  all training data (``fedlora train``), without DP and with DP-SGD at ε = 1, 3, 8;
+- ``central-lora-dp8``: as ``central-dp8`` with plain LoRA (A and B trained);
+- ``central-linear-nodp``, ``central-linear-dp1``, ``central-linear-dp3``,
+  ``central-linear-dp8``: the centralized cells with the linear head;
+- ``fed-nodp``, ``fed-dp1``, ``fed-dp3``, ``fed-dp8``: federated (``fedlora sim``), without DP
+  and with ε = 1, 3, 8;
+- ``fed-lora-dp8``: as ``fed-dp8`` with plain LoRA;
+- ``fed-iid-dp8``: as ``fed-dp8`` with an IID partition;
+- ``fed-linear-dp8``: as ``fed-dp8`` with the linear head.
 
-Every cell sees the same number of passes over the data: ``fedlora sim`` runs ``R`` rounds of
-``E`` local epochs on every node and ``fedlora train`` runs ``R·E`` epochs (full study: R=5,
-E=1, so 5 epochs), batch size 32 (expected, Poisson under DP), Adam learning rate 5e-3,
-max_length 128, server learning rate 1, uniform weighting, and ``--bf16 off`` (bfloat16
+``fed-dp8`` is thus the FFA-LoRA, Dirichlet and prototype arm of three comparisons at ε=8,
+and ``central-dp8`` that of two.
+
+The shared settings are the fields of :data:`FULL_PLAN` (one place to change them; ``--list``
+and ``utility.md`` print the values in force). Every cell sees the same number of passes over
+the data: ``fedlora sim`` runs ``rounds`` rounds of ``local_epochs`` local epochs on every node
+and ``fedlora train`` runs ``rounds × local_epochs`` epochs. Centralized and node-local
+training have their own expected batch size (``central_batch_size``, ``node_batch_size``;
+Poisson under DP), as a node holds only a tenth of the data. Both commands use the same Adam
+learning rate (``learning_rate``, passed as ``--lr``), ``max_length`` and, in DP cells, the
+same per-sample clip norm (``clip_norm``, passed as ``--clip-norm``; fedlora clips only under
+DP). Server learning rate 1, uniform weighting, and ``--bf16 off`` by default (bfloat16
 autocast, which ``auto`` turns on for this CPU, measured about 5× slower than float32 here).
 δ = 1e-5 for every DP cell (passed as ``--delta 1e-5``; it equals fedlora's default
 min(1e-5, 1/N) here since no node holds 10^5 records). DP sampling and noise come from OS
 entropy (the library default), so a rerun with the same seed differs slightly in its DP cells.
 
 Data (read from ``--data-root``, default ``../shared/data``; nothing is copied for the full
-study). Both commands take one file and hold out a seeded stratified test split of it
-(``fedlora train --eval-fraction F --seed K``, ``fedlora sim --test-fraction F --seed K``,
-both through ``sim.splits.stratified_split`` on the same label ids), so the centralized and
-the federated cells of one seed are tested on exactly the same records:
+study). A data set with a test file of its own is tested on it (``fedlora train --eval FILE``,
+``fedlora sim --test-data FILE``: all of the training file trains); one without is split by a
+seeded stratified hold-out of its one file (``fedlora train --eval-fraction F --seed K``,
+``fedlora sim --test-fraction F --seed K``, both through ``sim.splits.stratified_split`` on
+the same label ids). Either way the centralized and the federated cells of one seed are
+tested on exactly the same records:
 
-- BANKING77: ``banking77/train.csv`` (10,003 queries, 77 intents, columns ``text`` and
-  ``category``), split 80/20 → about 8,000 train / 2,000 test. The official ``test.csv`` is
-  *not* used: ``fedlora sim`` can only evaluate on a hold-out of its ``--data`` (a
-  ``--test-data FILE`` option, as ``fedlora train --eval`` has, would allow it).
+- BANKING77: the official train/test split, ``banking77/train.csv`` (10,003 queries, 77
+  intents, columns ``text`` and ``category``) for training and ``banking77/test.csv`` (3,080
+  queries, same columns) for testing.
 - medical_abstracts: ``medical_abstracts/medical_tc_test.csv`` (the only file of that corpus
   available here: 2,888 abstracts, columns ``condition_label`` 1-5 and ``medical_abstract``;
   labels 1 neoplasms, 2 digestive system diseases, 3 nervous system diseases,
   4 cardiovascular diseases, 5 general pathological conditions, from
   ``medical_tc_labels.csv``), split 80/20 → 2,310 train / 578 test. 113 abstracts occur
   with more than one label upstream; they are kept as they are (some label noise, and a
-  repeated abstract can fall on both sides of the split).
+  repeated abstract can fall on both sides of the split). Its labels are the digits ``1``-``5``,
+  so the prototype head starts from the embeddings of those digits, not of the condition
+  names.
 
-The seed ``K`` of a cell seeds the test split, the model's initialisation and the
-partitioning alike (the ``fedlora`` commands take one ``--seed``); seed 0 is the 80/20 split
-the study reports first, further seeds repeat the study on other splits.
+The seed ``K`` of a cell seeds the model's initialisation, the partitioning and, for a data
+set without a test file, the test split alike (the ``fedlora`` commands take one ``--seed``);
+seed 0 is the run the study reports first, further seeds repeat it (on other splits where the
+split is seeded).
 
-Columns: ``data set``, ``cell``, ``setting``; ``seeds`` (how many finished); ``accuracy`` and
-``macro-F1`` on the test split (mean ± sample std over seeds when more than one); ``ε max`` /
-``ε min`` (the ε each node actually spent, max and min over the nodes and seeds: the last
+Columns: ``data set``, ``cell``, ``setting``; ``seeds`` (how many finished); ``before``
+(accuracy of the untrained model on the test split: the zero-shot accuracy of the prototype
+head, about chance for the linear head; ``fedlora train``'s ``initial_accuracy``, ``fedlora
+sim``'s round-0 ``initial.accuracy``); ``accuracy`` and ``macro-F1`` on the test split after
+training (mean ± sample std over seeds when more than one; ``before`` is the mean); ``ε max``
+/ ``ε min`` (the ε each node actually spent, max and min over the nodes and seeds: the last
 entry of each node's privacy ledger for ``fedlora sim``, ``metrics.json`` ``epsilon`` for
 ``fedlora train``; PRV accountant, δ = 1e-5; ``∞`` without DP); ``wall`` (mean wall time of
 one seed: data preparation, model loading, training, every evaluation and, for federated
 cells, Ray start-up). A ``†`` marks a federated cell with a round that did not complete.
+``utility.json`` has the same rows with, besides, each cell's ``target_epsilon``, ``head``,
+``lora``, ``federated`` and ``partition`` (``None`` for centralized cells).
 
 Outputs (``--out``, default ``runs/utility``, or ``runs/utility-quick`` with ``--quick``):
 ``cells/<data set>/<cell>/seed-<k>/result.json`` (written atomically when the cell is done:
@@ -66,19 +92,24 @@ command's own output directory: metrics.json, adapter, ledgers, audit report),
 ``.../log.txt``; ``utility.json`` and ``utility.md`` (the table, the settings and the
 commands, ready for docs/results.md), rebuilt after every cell from whatever cells are
 finished (missing ones shown as "–"). A rerun skips finished cells (``--force`` redoes
-them); a result written under other settings is reported as stale and left alone.
+them); a result written under other settings (plan, cell, data files and their digests) is
+reported as stale and left alone.
 
-``--quick`` changes: a stratified subsample of each data set (seed 0) of about 1,000 records
-(750 train + 250 test), written to ``OUT/data/<data set>/quick-pool.csv`` (the only derived
-copy of the data, made for this mode only); ``max_length`` 32; batch size 16 (``fedlora
-sim`` redraws a Dirichlet partition until every node holds at least one batch, which 750
-medical abstracts in 10 nodes do not reliably allow at 32); 1 round of 1 local epoch (1 epoch
-centralized); only the cells ``central-nodp``, ``central-dp8`` and ``fed-dp8`` unless
-``--cells`` names others. Everything else (model, 10 nodes, SecAgg+, δ) is as in the
-full study. It checks the machinery, not the science: on 750 records and one epoch the
-numbers are far from converged (DP cells near chance). It takes about 1.8 minutes on this
-machine's 2 cores when nothing else runs, and several times longer beside other CPU-bound
-jobs (torch's threads then wait on each other).
+``--quick`` changes: a stratified subsample (seed 0) of each data set of about 1,000 records,
+750 train + 250 test: for a data set with a test file, 750 records of its training file and
+250 of its test file, written to ``OUT/data/<data set>/quick-train.csv`` and
+``quick-test.csv``; otherwise 1,000 records of its one file, written to
+``OUT/data/<data set>/quick-pool.csv`` and split as in the full study (the only derived
+copies of the data, made for this mode only); ``max_length`` 32; batch size 16 for
+centralized and node-local training alike (``fedlora sim`` redraws a Dirichlet partition
+until every node holds at least one batch, which 750 medical abstracts in 10 nodes do not
+reliably allow at 32); 1 round of 1 local epoch (1 epoch centralized); only the cells
+``central-nodp``, ``central-dp8`` and ``fed-dp8`` unless ``--cells`` names others.
+Everything else (model, learning rate, clip norm, 10 nodes, SecAgg+, δ) is as in the full
+study. It checks the machinery, not the science: on 750 records and one epoch the numbers are
+far from converged (DP cells near chance, or near the zero-shot accuracy with the prototype
+head). It takes about 2 minutes on this machine's 2 cores when nothing else runs, and several
+times longer beside other CPU-bound jobs (torch's threads then wait on each other).
 
 Usage: ``python bench/utility.py [--quick] [--list] [--datasets ...] [--cells ...]
 [--seeds ...] [--force] [--bf16 auto|on|off] [--out DIR] [--data-root DIR] [--json PATH]``.
@@ -127,13 +158,21 @@ class DatasetSpec:
     name
         Name used in the output paths and the table.
     source
-        The file both commands read, relative to the data root.
+        The training file, relative to the data root (also the test split's file when
+        ``test_source`` is ``None``).
     text_column, label_column
         Its columns.
     labels
         Fixed label set passed as ``--labels`` (``None``: inferred, sorted, by both commands).
     test_fraction
-        Stratified share held out as the test split (full study).
+        Stratified share of ``source`` held out as the test split (full study), when there is
+        no ``test_source``.
+    test_source
+        A separate test file with the same columns, relative to the data root (``fedlora train
+        --eval``, ``fedlora sim --test-data``); ``None``: hold out ``test_fraction``.
+    label_descriptions
+        Public label-name file passed as ``--label-descriptions`` (relative to the data root):
+        the text the prototype head's class vectors start from when labels are codes.
     """
 
     name: str
@@ -141,13 +180,23 @@ class DatasetSpec:
     text_column: str
     label_column: str
     labels: tuple[str, ...] | None
-    test_fraction: float
+    test_fraction: float | None
+    test_source: str | None = None
+    label_descriptions: str | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("banking77", "banking77/train.csv", "text", "category", None, 0.2),
+        DatasetSpec(
+            "banking77",
+            "banking77/train.csv",
+            "text",
+            "category",
+            None,
+            None,
+            test_source="banking77/test.csv",
+        ),
         DatasetSpec(
             "medical_abstracts",
             "medical_abstracts/medical_tc_test.csv",
@@ -155,6 +204,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "condition_label",
             ("1", "2", "3", "4", "5"),
             0.2,
+            label_descriptions="medical_abstracts/medical_tc_labels.csv",
         ),
     )
 }
@@ -176,6 +226,9 @@ class Cell:
         ``fedlora sim --partition`` (federated cells only).
     lora
         ``ffa`` (FFA-LoRA, the default) or ``lora``.
+    head
+        ``--head``: ``prototype`` (class vectors from the label names' embeddings, a
+        zero-shot prior; the default) or ``linear`` (random, no prior).
     """
 
     name: str
@@ -183,13 +236,15 @@ class Cell:
     epsilon: float | None
     partition: str = "dirichlet:0.5"
     lora: str = "ffa"
+    head: str = "prototype"
 
     def describe(self) -> str:
         """A human-readable description of the setting."""
         where = "centralized" if not self.federated else f"10 nodes, {self._partition_text()}"
         lora = "FFA-LoRA" if self.lora == "ffa" else "LoRA"
         dp = "no DP" if self.epsilon is None else f"DP ε={self.epsilon:g}"
-        return f"{where}, {lora}, {dp}"
+        head = ", no prior (linear head)" if self.head == "linear" else ""
+        return f"{where}, {lora}, {dp}{head}"
 
     def _partition_text(self) -> str:
         kind, _, alpha = self.partition.partition(":")
@@ -198,13 +253,21 @@ class Cell:
 
 CELLS: tuple[Cell, ...] = (
     Cell("central-nodp", False, None),
+    Cell("central-dp1", False, 1.0),
+    Cell("central-dp3", False, 3.0),
     Cell("central-dp8", False, 8.0),
+    Cell("central-lora-dp8", False, 8.0, lora="lora"),
+    Cell("central-linear-nodp", False, None, head="linear"),
+    Cell("central-linear-dp1", False, 1.0, head="linear"),
+    Cell("central-linear-dp3", False, 3.0, head="linear"),
+    Cell("central-linear-dp8", False, 8.0, head="linear"),
     Cell("fed-nodp", True, None),
     Cell("fed-dp1", True, 1.0),
     Cell("fed-dp3", True, 3.0),
     Cell("fed-dp8", True, 8.0),
     Cell("fed-lora-dp8", True, 8.0, lora="lora"),
     Cell("fed-iid-dp8", True, 8.0, partition="iid"),
+    Cell("fed-linear-dp8", True, 8.0, head="linear"),
 )
 CELLS_BY_NAME = {cell.name: cell for cell in CELLS}
 QUICK_CELLS: tuple[str, ...] = ("central-nodp", "central-dp8", "fed-dp8")
@@ -212,7 +275,8 @@ QUICK_CELLS: tuple[str, ...] = ("central-nodp", "central-dp8", "fed-dp8")
 
 @dataclass(frozen=True)
 class Plan:
-    """Settings shared by every cell.
+    """Settings shared by every cell (the values in force: :data:`FULL_PLAN`,
+    :data:`QUICK_PLAN`).
 
     Parameters
     ----------
@@ -223,8 +287,14 @@ class Plan:
     rounds, local_epochs
         Federated rounds and local epochs per round; centralized cells train
         ``rounds × local_epochs`` epochs.
-    batch_size, learning_rate
-        Expected batch size and Adam learning rate of both commands.
+    central_batch_size
+        Expected (Poisson under DP) batch size of ``fedlora train``.
+    node_batch_size
+        Expected batch size of each node's local training in ``fedlora sim``.
+    learning_rate
+        Adam learning rate (``--lr``) of both commands.
+    clip_norm
+        Per-sample clipping norm (``--clip-norm``) of the DP cells.
     bf16
         ``--bf16`` of both commands: ``off`` by default, as bfloat16 autocast measured about
         5× slower than float32 on this machine's CPU (AVX512-BF16, so ``auto`` turns it on).
@@ -233,17 +303,19 @@ class Plan:
     quick_records
         Records kept per data set by ``--quick`` (train + test); 0 in the full study.
     quick_test
-        Of those, held out for testing.
+        Of those, the test records.
     """
 
     quick: bool
-    model: str = "default"
-    max_length: int = 128
-    rounds: int = 5
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 5e-3
-    bf16: str = "off"
+    model: str
+    max_length: int
+    rounds: int
+    local_epochs: int
+    central_batch_size: int
+    node_batch_size: int
+    learning_rate: float
+    clip_norm: float
+    bf16: str
     nodes: int = 10
     nodes_per_round: int = 10
     quick_records: int = 0
@@ -255,9 +327,30 @@ class Plan:
         return self.rounds * self.local_epochs
 
 
-FULL_PLAN = Plan(quick=False)
-QUICK_PLAN = Plan(
-    quick=True, max_length=32, rounds=1, batch_size=16, quick_records=1000, quick_test=250
+#: The full study's settings: change them here (every result under other settings turns stale).
+FULL_PLAN = Plan(
+    quick=False,
+    model="default",
+    max_length=128,
+    rounds=3,
+    local_epochs=1,
+    central_batch_size=256,
+    node_batch_size=64,
+    learning_rate=0.01,
+    clip_norm=1.0,
+    bf16="off",
+)
+#: ``--quick``: the full plan on a small subsample, short texts, one round, small batches.
+QUICK_PLAN = dataclasses.replace(
+    FULL_PLAN,
+    quick=True,
+    max_length=32,
+    rounds=1,
+    local_epochs=1,
+    central_batch_size=16,
+    node_batch_size=16,
+    quick_records=1000,
+    quick_test=250,
 )
 
 
@@ -266,39 +359,66 @@ QUICK_PLAN = Plan(
 
 @dataclass(frozen=True)
 class Pool:
-    """The file a cell's command reads and the share it holds out for testing.
+    """The files a cell's command reads: its training data and its test data.
 
     Parameters
     ----------
     path
-        The data file (the source itself, or the ``--quick`` subsample).
+        The training file (the source itself, or the ``--quick`` subsample); without a test
+        file, also the file the test split is held out of.
     source
-        The data set's file under the data root.
+        The data set's training file under the data root.
     test_fraction
-        ``--eval-fraction`` / ``--test-fraction``.
-    records, test_records
-        Records in ``path`` and in its test split (seed 0).
+        ``--eval-fraction`` / ``--test-fraction``; ``None`` when there is a test file.
+    records
+        Records in ``path``.
+    test_records
+        Test records: in ``test_path``, or in the test split (seed 0) of ``path``.
     words
-        Word count of every record (for the cost estimate).
+        Word count of every record of ``path`` (for the cost estimate).
+    test_words
+        Word count of every test record (of ``test_path``, or of the seed-0 split).
     rows
         The records (text, label) of ``path``.
     sha256
-        Digest of the source file (a changed source makes earlier results stale).
+        Digest of ``source`` (a changed source makes earlier results stale).
+    test_path
+        The test file (the test source itself, or its ``--quick`` subsample); ``None``: a
+        hold-out of ``path``.
+    test_source
+        The data set's test file under the data root, if it has one.
+    test_rows
+        The records of ``test_path`` (empty without one).
+    test_sha256
+        Digest of ``test_source`` (``None`` without one).
+    label_descriptions
+        The data set's label-name file, if it has one.
     """
 
     path: Path
     source: Path
-    test_fraction: float
+    test_fraction: float | None
     records: int
     test_records: int
     words: tuple[int, ...]
+    test_words: tuple[int, ...]
     rows: tuple[tuple[str, str], ...]
     sha256: str
+    test_path: Path | None = None
+    test_source: Path | None = None
+    test_rows: tuple[tuple[str, str], ...] = ()
+    test_sha256: str | None = None
+    label_descriptions: Path | None = None
 
     @property
     def derived(self) -> bool:
-        """Whether ``path`` is a subsample written by this script."""
+        """Whether ``path`` (and ``test_path``) is a subsample written by this script."""
         return self.path != self.source
+
+    @property
+    def train_records(self) -> int:
+        """Records the cells train on (seed 0 for a hold-out split)."""
+        return self.records if self.test_path is not None else self.records - self.test_records
 
 
 def _read_rows(path: Path, spec: DatasetSpec) -> list[tuple[str, str]]:
@@ -316,25 +436,71 @@ def _label_ids(rows: Sequence[tuple[str, str]], spec: DatasetSpec) -> np.ndarray
     return np.asarray([index[label] for _, label in rows], dtype=np.int64)
 
 
+def _subsample(
+    rows: Sequence[tuple[str, str]], spec: DatasetSpec, keep: int
+) -> list[tuple[str, str]]:
+    """A stratified, seeded subsample of about ``keep`` records (``--quick``)."""
+    if keep >= len(rows):
+        return list(rows)
+    _, kept = stratified_split(_label_ids(rows, spec), keep / len(rows), QUICK_SAMPLE_SEED)
+    return [rows[i] for i in kept]
+
+
+def _words(rows: Sequence[tuple[str, str]]) -> tuple[int, ...]:
+    return tuple(len(text.split()) for text, _ in rows)
+
+
+def _require(path: Path, spec: DatasetSpec) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: data set {spec.name} not found (see --data-root)")
+    return path
+
+
 def load_pool(spec: DatasetSpec, plan: Plan, data_root: Path, out: Path) -> Pool:
-    """The data a data set's cells read (``--quick``: its stratified subsample, not written).
+    """The data a data set's cells read (``--quick``: its stratified subsamples, not written).
 
     Raises
     ------
     FileNotFoundError
-        If the data set is not under ``data_root``.
+        If the data set (or its test file) is not under ``data_root``.
     """
-    source = data_root / spec.source
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: data set {spec.name} not found (see --data-root)")
+    source = _require(data_root / spec.source, spec)
     rows = _read_rows(source, spec)
+    sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+    folder = out / "data" / spec.name
+    descriptions = (
+        _require(data_root / spec.label_descriptions, spec) if spec.label_descriptions else None
+    )
+    if spec.test_source is not None:
+        test_source = _require(data_root / spec.test_source, spec)
+        test_rows = _read_rows(test_source, spec)
+        path, test_path = source, test_source
+        if plan.quick:
+            rows = _subsample(rows, spec, plan.quick_records - plan.quick_test)
+            test_rows = _subsample(test_rows, spec, plan.quick_test)
+            path, test_path = folder / "quick-train.csv", folder / "quick-test.csv"
+        return Pool(
+            path=path,
+            source=source,
+            test_fraction=None,
+            records=len(rows),
+            test_records=len(test_rows),
+            words=_words(rows),
+            test_words=_words(test_rows),
+            rows=tuple(rows),
+            sha256=sha256,
+            test_path=test_path,
+            test_source=test_source,
+            test_rows=tuple(test_rows),
+            test_sha256=hashlib.sha256(test_source.read_bytes()).hexdigest(),
+            label_descriptions=descriptions,
+        )
+    if spec.test_fraction is None:
+        raise ValueError(f"data set {spec.name}: neither a test file nor a test fraction")
     path, fraction = source, spec.test_fraction
     if plan.quick:
-        _, keep = stratified_split(
-            _label_ids(rows, spec), plan.quick_records / len(rows), QUICK_SAMPLE_SEED
-        )
-        rows = [rows[i] for i in keep]
-        path = out / "data" / spec.name / "quick-pool.csv"
+        rows = _subsample(rows, spec, plan.quick_records)
+        path = folder / "quick-pool.csv"
         fraction = plan.quick_test / len(rows)
     _, test = stratified_split(_label_ids(rows, spec), fraction, 0)
     return Pool(
@@ -343,23 +509,31 @@ def load_pool(spec: DatasetSpec, plan: Plan, data_root: Path, out: Path) -> Pool
         test_fraction=fraction,
         records=len(rows),
         test_records=len(test),
-        words=tuple(len(text.split()) for text, _ in rows),
+        words=_words(rows),
+        test_words=tuple(_words(rows)[i] for i in test),
         rows=tuple(rows),
-        sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
+        sha256=sha256,
+        label_descriptions=descriptions,
     )
 
 
-def write_pool(pool: Pool, spec: DatasetSpec) -> None:
-    """Write a ``--quick`` subsample (atomically; the full study writes nothing)."""
-    if not pool.derived:
-        return
+def _write_csv(path: Path, spec: DatasetSpec, rows: Sequence[tuple[str, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([spec.text_column, spec.label_column])
-    writer.writerows(pool.rows)
+    writer.writerows(rows)
     text = buffer.getvalue()
-    if not pool.path.is_file() or pool.path.read_text(encoding="utf-8") != text:
-        write_text_atomic(pool.path, text)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        write_text_atomic(path, text)
+
+
+def write_pool(pool: Pool, spec: DatasetSpec) -> None:
+    """Write the ``--quick`` subsamples (atomically; the full study writes nothing)."""
+    if not pool.derived:
+        return
+    _write_csv(pool.path, spec, pool.rows)
+    if pool.test_path is not None:
+        _write_csv(pool.test_path, spec, pool.test_rows)
 
 
 # ---------------------------------------------------------------------------- cells
@@ -388,11 +562,15 @@ def cell_argv(
 ) -> list[str]:
     """The ``fedlora`` arguments (without the program name) of one cell and seed."""
     data = [("--data", _path_arg(pool.path))]
+    if pool.test_path is not None:
+        data.append(("--test-data" if cell.federated else "--eval", _path_arg(pool.test_path)))
+    else:
+        assert pool.test_fraction is not None
+        held = "--test-fraction" if cell.federated else "--eval-fraction"
+        data.append((held, _number(pool.test_fraction)))
     data += [("--text-column", spec.text_column), ("--label-column", spec.label_column)]
     if spec.labels is not None:
         data.append(("--labels", ",".join(spec.labels)))
-    held = "--test-fraction" if cell.federated else "--eval-fraction"
-    data.append((held, _number(pool.test_fraction)))
     federation = [
         ("--nodes", str(plan.nodes)),
         ("--nodes-per-round", str(plan.nodes_per_round)),
@@ -400,12 +578,16 @@ def cell_argv(
         ("--rounds", str(plan.rounds)),
         ("--local-epochs", str(plan.local_epochs)),
     ]
-    model = [("--model", plan.model), ("--lora", cell.lora)]
+    model = [("--model", plan.model), ("--head", cell.head), ("--lora", cell.lora)]
+    if pool.label_descriptions is not None and cell.head == "prototype":
+        model.append(("--label-descriptions", _path_arg(pool.label_descriptions)))
     model.append(("--max-length", str(plan.max_length)))
     dp: list[tuple[str, str | None]] = [("--no-dp", None)]
     if cell.epsilon is not None:
         dp = [("--epsilon", _number(cell.epsilon)), ("--delta", _number(DELTA))]
-    opt = [("--batch-size", str(plan.batch_size)), ("--lr", _number(plan.learning_rate))]
+        dp.append(("--clip-norm", _number(plan.clip_norm)))
+    batch = plan.node_batch_size if cell.federated else plan.central_batch_size
+    opt = [("--batch-size", str(batch)), ("--lr", _number(plan.learning_rate))]
     opt += [("--bf16", plan.bf16), ("--seed", str(seed))]
     if cell.federated:
         return [
@@ -428,6 +610,9 @@ def cell_settings(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: i
             "source_sha256": pool.sha256,
             "records": pool.records,
             "test_fraction": pool.test_fraction,
+            "test_source": spec.test_source,
+            "test_sha256": pool.test_sha256,
+            "test_records": pool.test_records,
         },
         "delta": None if cell.epsilon is None else DELTA,
         "seed": seed,
@@ -638,13 +823,14 @@ def padded_tokens(words: Sequence[int], max_length: int, batch: int) -> float:
 
 def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
     """Rough wall time of one cell and seed on this machine (see the cost constants)."""
-    train = pool.records - pool.test_records
+    train = pool.train_records
     per_token = COST_TRAIN_TOKEN_S[cell.epsilon is not None]
     if cell.lora == "lora":
         per_token *= COST_LORA_FACTOR
-    batch = plan.batch_size
     if cell.federated:  # each node's batches are drawn from its own share only
-        batch = min(batch, max(1, train // plan.nodes))
+        batch = min(plan.node_batch_size, max(1, train // plan.nodes))
+    else:
+        batch = plan.central_batch_size
     tokens = padded_tokens(pool.words, plan.max_length, batch)
     seconds = train * plan.central_epochs * tokens * per_token
     cpus = max(1, os.cpu_count() or 1)
@@ -654,7 +840,7 @@ def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
     else:
         evaluations = 2
         seconds += COST_CENTRAL_OVERHEAD_S
-    eval_tokens = padded_tokens(pool.words, plan.max_length, EVAL_BATCH)
+    eval_tokens = padded_tokens(pool.test_words, plan.max_length, EVAL_BATCH)
     return seconds + evaluations * pool.test_records * eval_tokens * COST_EVAL_TOKEN_S
 
 
@@ -717,11 +903,20 @@ def _row(dataset: str, cell: Cell, results: Sequence[dict[str, Any]]) -> dict[st
         "cell": cell.name,
         "description": cell.describe(),
         "seeds": sorted(int(r["seed"]) for r in results),
+        "target_epsilon": cell.epsilon,
+        "head": cell.head,
+        "lora": cell.lora,
+        "federated": cell.federated,
+        "partition": cell.partition if cell.federated else None,
     }
     for key in ("accuracy", "macro_f1", "wall_seconds"):
         values = [float(r[key]) for r in results if r.get(key) is not None]
         mean, std = _mean_std(values) if values else (None, None)
         row[key], row[f"{key}_std"] = mean, std
+    initial = [
+        float(r["initial_accuracy"]) for r in results if r.get("initial_accuracy") is not None
+    ]
+    row["initial_accuracy"] = statistics.fmean(initial) if initial else None
     maxima = [r["epsilon_max"] for r in results if r.get("epsilon_max") is not None]
     minima = [r["epsilon_min"] for r in results if r.get("epsilon_min") is not None]
     row["epsilon_max"] = max(maxima) if maxima else None
@@ -737,7 +932,8 @@ def _row(dataset: str, cell: Cell, results: Sequence[dict[str, Any]]) -> dict[st
 
 
 TABLE_COLUMNS: tuple[str, ...] = (
-    *("data set", "cell", "setting", "seeds", "accuracy", "macro-F1", "ε max", "ε min", "wall"),
+    *("data set", "cell", "setting", "seeds", "before", "accuracy", "macro-F1"),
+    *("ε max", "ε min", "wall"),
 )
 
 
@@ -751,6 +947,7 @@ def _cells_text(row: dict[str, Any]) -> list[str]:
         row["cell"],
         row["description"],
         str(len(row["seeds"])) if row["seeds"] else MISSING,
+        _format_metric(row["initial_accuracy"], None),
         _format_metric(row["accuracy"], row["accuracy_std"]) + (mark if row["seeds"] else ""),
         _format_metric(row["macro_f1"], row["macro_f1_std"]),
         *eps,
@@ -769,22 +966,32 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _data_text(name: str, pool: Pool) -> str:
+    spec = DATASETS[name]
+    sample = "a stratified subsample of " if pool.derived else ""
+    if spec.test_source is not None:
+        return (
+            f"{name}: {pool.train_records} train records from {sample}{spec.source}, "
+            f"{pool.test_records} test records from {sample}{spec.test_source} (official split)"
+        )
+    return (
+        f"{name}: {pool.train_records} train / {pool.test_records} test records (seed 0), "
+        f"seeded stratified hold-out of {sample}{spec.source}"
+    )
+
+
 def settings_text(plan: Plan, pools: dict[str, Pool]) -> str:
     """One paragraph on what every cell shares."""
-    data = "; ".join(
-        f"{name}: {pool.records - pool.test_records} train / {pool.test_records} test records "
-        f"(seed 0) from {'a stratified subsample of ' if pool.derived else ''}"
-        f"{DATASETS[name].source}"
-        for name, pool in pools.items()
-    )
+    data = "; ".join(_data_text(name, pool) for name, pool in pools.items())
     return (
-        f"{'--quick: ' if plan.quick else ''}model {plan.model} (FFA-LoRA unless stated, rank 8, "
-        f"query+value), max_length {plan.max_length}, batch size {plan.batch_size}, Adam lr "
+        f"{'--quick: ' if plan.quick else ''}model {plan.model} (FFA-LoRA and the prototype "
+        "head, its class vectors starting from the label names' embeddings, unless stated; "
+        f"LoRA rank 8, query+value), max_length {plan.max_length}, Adam lr "
         f"{plan.learning_rate:g}, bf16 {plan.bf16}; federated: {plan.nodes} nodes, "
         f"{plan.nodes_per_round} per round, {plan.rounds} round(s) × {plan.local_epochs} "
-        "local epoch(s), SecAgg+ on; "
-        f"centralized: {plan.central_epochs} epoch(s); DP: δ = {DELTA:g}, PRV accountant, "
-        f"clip norm 1. Test split: seeded stratified hold-out of {data}."
+        f"local epoch(s), batch size {plan.node_batch_size}, SecAgg+ on; centralized: "
+        f"{plan.central_epochs} epoch(s), batch size {plan.central_batch_size}; DP: "
+        f"δ = {DELTA:g}, PRV accountant, clip norm {plan.clip_norm:g}. Data: {data}."
     )
 
 
@@ -795,8 +1002,10 @@ def format_markdown(rows: Sequence[dict[str, Any]], plan: Plan, pools: dict[str,
         lines.append("| " + " | ".join(_cells_text(row)) + " |")
     text = "\n".join(lines) + "\n\n" + settings_text(plan, pools) + "\n"
     text += (
-        "\nAccuracy and macro-F1 on the test split (mean ± sample std over seeds when more "
-        "than one); ε max / ε min: the ε each node actually spent (ledgers; "
+        "\nbefore: accuracy of the untrained model (zero-shot for the prototype head, about "
+        "chance for the linear head), mean over seeds. Accuracy and macro-F1 on the test split "
+        "after training (mean ± sample std over seeds when more than one); ε max / ε min: the "
+        "ε each node actually spent (ledgers; "
         "`metrics.json` for centralized runs), over nodes and seeds; wall: mean per seed. "
         f"{NO_DP}: no DP. {MISSING}: not run yet. † a round did not complete.\n"
     )
@@ -828,8 +1037,12 @@ def write_outputs(
                 "source": DATASETS[name].source,
                 "file": _path_arg(pool.path),
                 "records": pool.records,
-                "test_records_seed_0": pool.test_records,
+                "train_records": pool.train_records,
+                "test_source": DATASETS[name].test_source,
+                "test_file": None if pool.test_path is None else _path_arg(pool.test_path),
+                "test_records": pool.test_records,
                 "test_fraction": pool.test_fraction,
+                "test_split": "test file" if pool.test_path is not None else "seeded hold-out",
             }
             for name, pool in pools.items()
         },
@@ -850,11 +1063,13 @@ def write_outputs(
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
-        description="The utility study (issue #6, benchmark 4): accuracy and macro-F1 of "
-        "centralized and federated DP-LoRA on BANKING77 and medical abstracts, with the ε "
-        "each node spent. Resumable: finished cells are skipped.",
+        description="The utility study (issue #6, benchmark 4): accuracy and macro-F1, before "
+        "and after training, of centralized and federated DP-LoRA on BANKING77 (official "
+        "train/test split) and medical abstracts (seeded 80/20 hold-out), with the ε each node "
+        "spent, across ε, LoRA variant, partition and head (prototype: zero-shot prior from "
+        "the label names; linear: no prior). Resumable: finished cells are skipped.",
         epilog="examples:\n"
-        "  python bench/utility.py --quick                      # smoke run, < 2 min idle\n"
+        "  python bench/utility.py --quick                      # smoke run, ~2 min idle\n"
         "  python bench/utility.py --list                       # the plan and its cost\n"
         "  python bench/utility.py --datasets banking77 --cells central-dp8 --seeds 0\n"
         "  python bench/utility.py --seeds 0 1 2                # the whole study, 3 seeds",
@@ -863,7 +1078,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="about 750 train / 250 test records per data set, max_length 32, 1 round, "
+        help="about 750 train / 250 test records per data set (stratified subsamples; "
+        "BANKING77's of its train and test files), max_length 32, batch size 16, 1 round, "
         f"cells {', '.join(QUICK_CELLS)} unless --cells says otherwise",
     )
     parser.add_argument(
@@ -924,35 +1140,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def print_plan(
     selected: Sequence[tuple[DatasetSpec, Cell]], plan: Plan, pools: dict[str, Pool], args: Any
 ) -> None:
-    """``--list``: every selected cell and seed, its status and its estimated cost."""
+    """``--list``: every selected cell and seed, its status (``done``; ``todo``; ``stale``: a
+    result under other settings, which a run skips unless ``--force``) and its estimated cost."""
     print(settings_text(plan, pools))
+    names = max([len("cell")] + [len(cell.name) for _, cell in selected])
+    settings = max([len("setting")] + [len(cell.describe()) for _, cell in selected])
+    seeds = max(len("seeds"), len(" ".join(f"{seed}:stale" for seed in args.seeds)))
     header = (
-        f"{'data set':<18} {'cell':<13} {'setting':<46} {'seeds':<14} {'estimate/seed':>13} "
-        f"{'measured/seed':>13}"
+        f"{'data set':<18} {'cell':<{names}} {'setting':<{settings}} {'seeds':<{seeds}} "
+        f"{'estimate/seed':>13} {'measured/seed':>13}"
     )
     print(header)
     print("-" * len(header))
-    todo = 0.0
+    todo, stale = 0.0, 0
     for spec, cell in selected:
         pool = pools[spec.name]
         estimate = estimate_seconds(cell, plan, pool)
         status, measured = [], []
         for seed in args.seeds:
             result = read_result(seed_dir(args.out, spec.name, cell.name, seed) / RESULT_FILE)
-            settings = cell_settings(cell, spec, plan, pool, seed)
-            if result is not None and _same_settings(result, settings):
+            settings_now = cell_settings(cell, spec, plan, pool, seed)
+            same = result is not None and _same_settings(result, settings_now)
+            if result is not None and same:
                 measured.append(float(result["wall_seconds"]))
-            if result is not None and _same_settings(result, settings) and not args.force:
+            if same and not args.force:
                 status.append(f"{seed}:done")
+            elif result is not None and not same and not args.force:
+                status.append(f"{seed}:stale")  # skipped: other settings, not replaced
+                stale += 1
             else:
                 status.append(f"{seed}:todo")
                 todo += estimate
         took = _format_seconds(statistics.fmean(measured)) if measured else MISSING
         print(
-            f"{spec.name:<18} {cell.name:<13} {cell.describe():<46} {' '.join(status):<14} "
-            f"{_format_seconds(estimate):>13} {took:>13}"
+            f"{spec.name:<18} {cell.name:<{names}} {cell.describe():<{settings}} "
+            f"{' '.join(status):<{seeds}} {_format_seconds(estimate):>13} {took:>13}"
         )
     print(f"estimated time of the cells still to run: {_format_seconds(todo)}")
+    if stale:
+        print(
+            f"{stale} stale result(s) (other settings) will be skipped, not rerun: "
+            "use another --out, or --force to replace them (not in the estimate)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1015,7 +1244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             print(
                 f"  done: {tag} in {_format_seconds(result['wall_seconds'])}: accuracy "
-                f"{_format_metric(result['accuracy'], None)}, macro-F1 "
+                f"{_format_metric(result['initial_accuracy'], None)} before, "
+                f"{_format_metric(result['accuracy'], None)} after, macro-F1 "
                 f"{_format_metric(result['macro_f1'], None)}",
                 file=sys.stderr,
                 flush=True,

@@ -97,7 +97,7 @@ def bf16_supported() -> bool:
         return False
 
 
-class _IndexDataset(Dataset[tuple[int]]):
+class IndexDataset(Dataset[tuple[int]]):
     """Records as ``(index,)``: Opacus' loader wants a tuple per record."""
 
     def __init__(self, size: int) -> None:
@@ -110,7 +110,8 @@ class _IndexDataset(Dataset[tuple[int]]):
         return (index,)
 
 
-def _batch_indices(collated: Sequence[torch.Tensor]) -> torch.Tensor:
+def batch_indices(collated: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Record indices of one batch from a (Poisson) loader over :class:`IndexDataset`."""
     # Opacus turns a first-ever empty Poisson batch into [] and later ones into [empty tensor].
     if len(collated) == 0:
         return torch.zeros(0, dtype=torch.long)
@@ -182,7 +183,7 @@ def _run_steps(
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for _ in range(epochs):
             for indices in loader:
-                batch = make_batch(data, _batch_indices(indices))
+                batch = make_batch(data, batch_indices(indices))
                 if len(batch) == 0:
                     batch = _noise_only_batch(data.pad_token_id)
                 with autocast:
@@ -245,7 +246,7 @@ def train_adapter(
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=train.learning_rate)
     loader: DataLoader[tuple[int]] = DataLoader(
-        _IndexDataset(n), batch_size=train.batch_size, shuffle=not dp.enabled, generator=generator
+        IndexDataset(n), batch_size=train.batch_size, shuffle=not dp.enabled, generator=generator
     )
     sigma = 0.0
     engine = None

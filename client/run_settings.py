@@ -92,6 +92,10 @@ class RunSettings:
         Where the server writes metrics, checkpoints and the final adapter.
     test_data
         Server-held evaluation file (empty: no centralized evaluation).
+    label_descriptions_file
+        Server-side file of public label descriptions (JSON object, or CSV/TSV with
+        ``label,description``) from which the prototype head's class vectors start; empty:
+        the label names. Only the server reads it: it ships the initial head to the nodes.
     partitions_dir
         Simulation only: per-node data files written by ``fedlora sim``.
     ledger_dir
@@ -118,6 +122,7 @@ class RunSettings:
     round_timeout: float = 3600.0
     out_dir: str = ""
     test_data: str = ""
+    label_descriptions_file: str = ""
     partitions_dir: str = ""
     ledger_dir: str = ""
     resume: bool = False
@@ -175,6 +180,8 @@ class RunSettings:
             "target-modules": ",".join(self.model.target_modules),
             "max-length": self.model.max_length,
             "model-seed": self.model.seed,
+            "head": self.model.head,
+            "label-descriptions-file": self.label_descriptions_file,
             "local-epochs": self.train.epochs,
             "batch-size": self.train.batch_size,
             "learning-rate": self.train.learning_rate,
@@ -198,6 +205,12 @@ class RunSettings:
             "secagg-threshold": self.secure_aggregation.threshold,
             "secagg-clipping-range": self.secure_aggregation.clipping_range,
         }
+
+
+#: Fallbacks for keys a run config leaves out: the dataclasses' own defaults, so that a run
+#: configured by Flower and one built in Python train alike.
+MODEL_DEFAULTS = ModelConfig()
+RUN_DEFAULTS = RunSettings(rounds=1)
 
 
 def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
@@ -225,18 +238,21 @@ def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
         text_column=_str(config, "text-column", "text"),
         label_column=_str(config, "label-column", "label"),
         model=ModelConfig(
-            model=_str(config, "model", "default"),
-            lora=_str(config, "lora", "ffa"),
-            rank=_int(config, "lora-rank", 8),
-            alpha=_int(config, "lora-alpha", 16),
-            target_modules=_split(_str(config, "target-modules", "query,value")),
-            max_length=_int(config, "max-length", 128),
-            seed=_int(config, "model-seed", 0),
+            model=_str(config, "model", MODEL_DEFAULTS.model),
+            lora=_str(config, "lora", MODEL_DEFAULTS.lora),
+            rank=_int(config, "lora-rank", MODEL_DEFAULTS.rank),
+            alpha=_int(config, "lora-alpha", MODEL_DEFAULTS.alpha),
+            target_modules=_split(
+                _str(config, "target-modules", ",".join(MODEL_DEFAULTS.target_modules))
+            ),
+            max_length=_int(config, "max-length", MODEL_DEFAULTS.max_length),
+            seed=_int(config, "model-seed", MODEL_DEFAULTS.seed),
+            head=_str(config, "head", MODEL_DEFAULTS.head),
         ),
         train=TrainConfig(
-            epochs=_int(config, "local-epochs", 1),
-            batch_size=_int(config, "batch-size", 64),
-            learning_rate=_float(config, "learning-rate", 5e-3),
+            epochs=_int(config, "local-epochs", RUN_DEFAULTS.train.epochs),
+            batch_size=_int(config, "batch-size", RUN_DEFAULTS.train.batch_size),
+            learning_rate=_float(config, "learning-rate", RUN_DEFAULTS.train.learning_rate),
             bf16={"auto": None, "on": True, "off": False}[bf16_flag],
             noise_seed=None if noise_seed < 0 else noise_seed,
         ),
@@ -244,13 +260,14 @@ def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
             enabled=_bool(config, "dp", True),
             target_epsilon=epsilon,
             delta=delta if delta > 0 else None,
-            clip_norm=_float(config, "clip-norm", 1.0),
+            clip_norm=_float(config, "clip-norm", RUN_DEFAULTS.dp.clip_norm),
         ),
         server_learning_rate=_float(config, "server-learning-rate", 1.0),
         weighting=_str(config, "weighting", "uniform"),
         round_timeout=_float(config, "round-timeout", 3600.0),
         out_dir=_str(config, "out-dir", ""),
         test_data=_str(config, "test-data", ""),
+        label_descriptions_file=_str(config, "label-descriptions-file", ""),
         partitions_dir=_str(config, "partitions-dir", ""),
         ledger_dir=_str(config, "ledger-dir", ""),
         resume=_bool(config, "resume", False),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from privacy.accountant_names import ACCOUNTANTS
 
 LORA_VARIANTS: tuple[str, ...] = ("ffa", "lora")
+HEADS: tuple[str, ...] = ("prototype", "linear")
 DEFAULT_MODEL = "default"
 TINY_MODEL = "tiny"
 
@@ -36,6 +37,9 @@ class ModelConfig:
         Tokens kept per text (longer texts are truncated).
     seed
         Seed of every random initialisation (LoRA A, head), identical across nodes.
+    head
+        ``"prototype"`` (cosine similarity to class vectors that start from the label text:
+        the zero-shot prior) or ``"linear"`` (randomly initialised, no prior).
     """
 
     model: str = DEFAULT_MODEL
@@ -46,6 +50,7 @@ class ModelConfig:
     target_modules: tuple[str, ...] = ("query", "value")
     max_length: int = 128
     seed: int = 0
+    head: str = "prototype"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -60,6 +65,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules or any(not m for m in self.target_modules):
             raise ValueError("target_modules must name at least one module")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
 

@@ -15,6 +15,7 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 
 from client.adapter_io import save_adapter
+from client.label_text import read_label_descriptions
 from client.model import adapter_state, build_model, frozen_adapter_digest, load_adapter_state
 from client.run_settings import RunSettings, settings_from_run_config
 from privacy import mask_generator
@@ -45,7 +46,13 @@ def run_federation(
         raise ValueError("run config 'out-dir' is required (where metrics and adapters go)")
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_model(settings.model, len(settings.labels))
+    descriptions = (
+        read_label_descriptions(Path(settings.label_descriptions_file), settings.labels)
+        if settings.label_descriptions_file
+        else None
+    )
+    # the initial head (class vectors from the public label text) travels to every node
+    model = build_model(settings.model, settings.labels, descriptions)
     state = adapter_state(model, trainable_only=True)
     offset = 0
     config: dict[str, object] = {

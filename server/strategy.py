@@ -299,8 +299,13 @@ class DeltaFedAvg(FedAvg):
                 self.record.initial = eval_record(result)
                 self.record.write()
                 if result is not None:
+                    prior = (
+                        "zero-shot, label-text prior"
+                        if self.settings.model.head == "prototype"
+                        else "random head"
+                    )
                     self.log(
-                        f"round 0 (before training): accuracy {result.accuracy:.4f}, "
+                        f"round 0 (before training, {prior}): accuracy {result.accuracy:.4f}, "
                         f"macro-F1 {result.macro_f1:.4f}"
                     )
             return None if result is None else (result.loss, {"accuracy": result.accuracy})

@@ -19,7 +19,7 @@ from client.redaction import RedactionConfig
 from client.run_settings import RunSettings
 from client.secure_aggregation_settings import MIN_SECURE_NODES, SecureAggregationConfig
 from client.synthetic import SyntheticConfig
-from client.training_config import LORA_VARIANTS, DPConfig, ModelConfig, TrainConfig
+from client.training_config import HEADS, LORA_VARIANTS, DPConfig, ModelConfig, TrainConfig
 from sim.audit_commands import add_audit_parsers, cmd_audit, cmd_node
 from sim.certs_commands import add_certs_parsers, cmd_certs
 from sim.partitioning import PartitionScheme
@@ -58,6 +58,53 @@ def _read_lines(path: Path, what: str) -> tuple[str, ...]:
     return values
 
 
+def _add_model_group(p: argparse.ArgumentParser) -> None:
+    """The model flags ``fedlora train`` and ``fedlora sim`` share; defaults from ModelConfig."""
+    defaults = ModelConfig()
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default=defaults.model,
+        help="'default' (all-MiniLM-L6-v2), 'tiny', HF id or path",
+    )
+    model.add_argument(
+        "--head",
+        choices=HEADS,
+        default=defaults.head,
+        help="prototype: cosine similarity to class vectors that start as the encoder's "
+        "embeddings of the label text (a zero-shot classifier before training, no privacy "
+        "cost: the label set is public); linear: a random head (no prior)",
+    )
+    model.add_argument(
+        "--label-descriptions",
+        type=Path,
+        help="public label descriptions for the prototype head: JSON {label: text} or CSV "
+        "with columns label,description (default: label names, '_'/'-' read as spaces)",
+    )
+    model.add_argument("--lora", choices=LORA_VARIANTS, default=defaults.lora)
+    model.add_argument("--lora-rank", type=int, default=defaults.rank)
+    model.add_argument("--lora-alpha", type=int, default=defaults.alpha)
+    model.add_argument(
+        "--target-modules", default=",".join(defaults.target_modules), help="comma-separated"
+    )
+    model.add_argument(
+        "--max-length", type=int, default=defaults.max_length, help="tokens kept per text"
+    )
+
+
+def _model_config_from_args(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(
+        model=args.model,
+        head=args.head,
+        lora=args.lora,
+        rank=args.lora_rank,
+        alpha=args.lora_alpha,
+        target_modules=_split(args.target_modules),
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -82,15 +129,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--redact", action="store_true", help="scrub PII before tokenization")
     data.add_argument("--redact-names", type=Path, help="file of person names to scrub")
 
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model", default="default", help="'default' (all-MiniLM-L6-v2), 'tiny', HF id or path"
-    )
-    model.add_argument("--lora", choices=LORA_VARIANTS, default="ffa")
-    model.add_argument("--lora-rank", type=int, default=8)
-    model.add_argument("--lora-alpha", type=int, default=16)
-    model.add_argument("--target-modules", default="query,value", help="comma-separated")
-    model.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+    _add_model_group(p)
 
     priv = p.add_argument_group("differential privacy")
     priv.add_argument("--epsilon", type=float, default=8.0, help="target ε of the whole run")
@@ -182,7 +221,15 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     fed.add_argument("--weighting", choices=("uniform", "examples"), default="uniform")
     fed.add_argument("--server-lr", type=float, default=1.0, help="server learning rate")
     fed.add_argument("--round-timeout", type=float, default=3600.0, help="seconds per round")
-    fed.add_argument("--test-fraction", type=float, default=0.2, help="server-held test share")
+    held = fed.add_mutually_exclusive_group()
+    held.add_argument(
+        "--test-fraction", type=float, default=0.2, help="server-held test share of --data"
+    )
+    held.add_argument(
+        "--test-data",
+        type=Path,
+        help="separate server-held test file (same columns and labels); all of --data trains",
+    )
     fed.add_argument("--cpus-per-node", type=float, default=1.0, help="Ray CPUs per node actor")
 
     secure = p.add_argument_group(
@@ -216,13 +263,7 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     labels.add_argument("--labels", help="comma-separated label set (default: inferred)")
     labels.add_argument("--labels-file", type=Path, help="label set, one per line")
 
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model", default="default", help="'default' (all-MiniLM-L6-v2), 'tiny', HF id or path"
-    )
-    model.add_argument("--lora", choices=LORA_VARIANTS, default="ffa")
-    model.add_argument("--lora-rank", type=int, default=8)
-    model.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+    _add_model_group(p)
 
     priv = p.add_argument_group("differential privacy (per node)")
     priv.add_argument("--epsilon", type=float, default=8.0, help="each node's total ε budget")
@@ -301,15 +342,7 @@ def train_job_from_args(args: argparse.Namespace) -> TrainJobConfig:
             labels=labels,
         ),
         redaction=RedactionConfig(enabled=args.redact or bool(names), names=names),
-        model=ModelConfig(
-            model=args.model,
-            lora=args.lora,
-            rank=args.lora_rank,
-            alpha=args.lora_alpha,
-            target_modules=_split(args.target_modules),
-            max_length=args.max_length,
-            seed=args.seed,
-        ),
+        model=_model_config_from_args(args),
         train=TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -325,6 +358,7 @@ def train_job_from_args(args: argparse.Namespace) -> TrainJobConfig:
             clip_norm=args.clip_norm,
         ),
         split_seed=args.seed,
+        label_descriptions=args.label_descriptions,
     )
 
 
@@ -383,13 +417,7 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         expected_nodes=max(nodes or MIN_SECURE_NODES, args.nodes_per_round, 1),
         text_column="text" if embedded else args.text_column,
         label_column="label" if embedded else args.label_column,
-        model=ModelConfig(
-            model=args.model,
-            lora=args.lora,
-            rank=args.lora_rank,
-            max_length=args.max_length,
-            seed=args.seed,
-        ),
+        model=_model_config_from_args(args),
         train=TrainConfig(
             epochs=args.local_epochs,
             batch_size=args.batch_size,
@@ -401,6 +429,9 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
             target_epsilon=args.epsilon,
             delta=args.delta,
             clip_norm=args.clip_norm,
+        ),
+        label_descriptions_file=(
+            str(args.label_descriptions.resolve()) if args.label_descriptions else ""
         ),
         server_learning_rate=args.server_lr,
         weighting=args.weighting,
@@ -423,6 +454,7 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
             text_column=args.text_column, label_column=args.label_column, labels=labels
         ),
         test_fraction=args.test_fraction,
+        test_data=args.test_data,
         seed=args.seed,
         cpus_per_node=args.cpus_per_node,
         node_budgets=tuple(_node_budget(text) for text in args.node_budget),
@@ -464,7 +496,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     if final.get("accuracy") is not None:
         print(
             f"final accuracy {final['accuracy']:.4f} (macro-F1 {final['macro_f1']:.4f}) on the "
-            f"server's test split; before training {initial.get('accuracy', float('nan')):.4f}"
+            f"server's test split; round 0 (before training) "
+            f"{initial.get('accuracy', float('nan')):.4f}"
         )
     print(f"completed rounds: {final.get('completed_rounds', 0)} of {config.settings.rounds}")
     for name, eps in sorted(final.get("epsilon", {}).items()):

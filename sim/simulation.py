@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import psutil
 
 from client.data_loading import DataConfig, LabelledTexts, load_labelled_texts
+from client.label_text import read_label_descriptions
 from client.run_settings import RunSettings
 from client.synthetic import SyntheticConfig, write_embedded_data
 from privacy.audit import build_report, write_report
@@ -64,7 +65,10 @@ class SimConfig:
     synthetic
         Generator settings of the embedded data.
     test_fraction
-        Stratified share held out as the server's test split.
+        Stratified share held out as the server's test split (when ``test_data`` is None).
+    test_data
+        A separate file (same columns and labels) as the server's test split; all of
+        ``data`` then goes to the nodes.
     seed
         Seed of the split and the partitioner.
     cpus_per_node
@@ -85,6 +89,7 @@ class SimConfig:
     data_config: DataConfig = DataConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     test_fraction: float = 0.2
+    test_data: Path | None = None
     seed: int = 0
     cpus_per_node: float = 1.0
     node_budgets: tuple[tuple[str, float], ...] = ()
@@ -137,11 +142,22 @@ def prepare_simulation(config: SimConfig, log: Callable[[str], None] = print) ->
         labels = tuple(json.loads((out / "labels.json").read_text(encoding="utf-8")))
         settings = dataclasses.replace(base, labels=labels, expected_nodes=len(names))
         return PreparedSimulation(_clamp_sampling(settings), names, out)
-    out.mkdir(parents=True, exist_ok=True)
     data = _load_source(config)
-    train_idx, test_idx = stratified_split(data.label_ids, config.test_fraction, config.seed)
+    if config.settings.label_descriptions_file:  # fail before writing anything
+        read_label_descriptions(Path(config.settings.label_descriptions_file), data.labels)
+    out.mkdir(parents=True, exist_ok=True)
     columns = (config.settings.text_column, config.settings.label_column)
-    _write_test_file(out / TEST_FILE, data, test_idx, columns)
+    if config.test_data is not None:
+        held = load_labelled_texts(
+            config.test_data, dataclasses.replace(config.data_config, labels=data.labels)
+        )
+        train_idx = np.arange(len(data.texts))
+        _write_test_file(out / TEST_FILE, held, np.arange(len(held.texts)), columns)
+        test_count = len(held.texts)
+    else:
+        train_idx, test_idx = stratified_split(data.label_ids, config.test_fraction, config.seed)
+        _write_test_file(out / TEST_FILE, data, test_idx, columns)
+        test_count = len(test_idx)
     natural = None
     if config.partition.kind == "natural":
         natural_all = data.extra_columns.get(config.partition.column)
@@ -175,7 +191,9 @@ def prepare_simulation(config: SimConfig, log: Callable[[str], None] = print) ->
         sizes = f"sizes {counts[0]}..{counts[-1]}, median {counts[len(counts) // 2]}"
     log(
         f"data: {len(train_idx)} train records in {len(parts)} nodes ({sizes}); "
-        f"{len(test_idx)} held out for the server's test split; {len(data.labels)} labels"
+        f"{test_count} in the server's test split"
+        f"{f' ({config.test_data})' if config.test_data else ' (held out)'}; "
+        f"{len(data.labels)} labels"
     )
     return PreparedSimulation(_clamp_sampling(settings), names, out)
 

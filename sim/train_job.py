@@ -33,6 +33,7 @@ from client.dp_training import (
     train_adapter,
 )
 from client.evaluation import EvalResult, evaluate
+from client.label_text import read_label_descriptions
 from client.model import ModelConfig, adapter_state, build_model, load_tokenizer
 from client.redaction import RedactionConfig, Redactor
 from client.synthetic import SyntheticConfig, write_embedded_data
@@ -62,6 +63,9 @@ class TrainJobConfig:
         Generator settings for the embedded data set.
     split_seed
         Seed of the hold-out split.
+    label_descriptions
+        Optional file of public label descriptions for the prototype head (see
+        :func:`client.label_text.read_label_descriptions`).
     """
 
     out: Path
@@ -75,6 +79,7 @@ class TrainJobConfig:
     dp: DPConfig = DPConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     split_seed: int = 0
+    label_descriptions: Path | None = None
 
     def __post_init__(self) -> None:
         if self.eval_data is None and not (0 < self.eval_fraction < 1):
@@ -185,6 +190,7 @@ def job_metrics(
             "dp": dataclasses.asdict(job.dp),
             "eval_fraction": None if job.eval_data else job.eval_fraction,
             "eval_data": str(job.eval_data) if job.eval_data else None,
+            "label_descriptions": str(job.label_descriptions) if job.label_descriptions else None,
         },
         "versions": _software_versions(),
     }
@@ -211,9 +217,18 @@ def run_train_job(
         f"data: {data.source}: {len(data.train)} train / {len(data.eval)} eval examples, "
         f"{len(data.labels)} labels"
     )
-    model = build_model(job.model, len(data.labels))
+    descriptions = (
+        read_label_descriptions(job.label_descriptions, data.labels)
+        if job.label_descriptions is not None
+        else None
+    )
+    model = build_model(job.model, data.labels, descriptions)
     initial = evaluate(model, data.eval, len(data.labels))
-    log(f"before training: accuracy {initial.accuracy:.4f}, macro-F1 {initial.macro_f1:.4f}")
+    prior = "zero-shot, label-text prior" if job.model.head == "prototype" else "random head"
+    log(
+        f"before training ({prior}): accuracy {initial.accuracy:.4f}, "
+        f"macro-F1 {initial.macro_f1:.4f}"
+    )
     report = train_adapter(model, data.train, job.train, job.dp, progress=progress)
     final = evaluate(model, data.eval, len(data.labels), bf16=report.bf16)
     metrics = job_metrics(job, data, report, initial, final, time.perf_counter() - started)

@@ -535,7 +535,7 @@ def test_global_adapter_changed(deployment: Deployment) -> None:
     final = load_adapter(deployment.out / "adapter")
     assert final.labels == deployment.labels
     assert final.model_config.model == "tiny"
-    fresh = adapter_state(build_model(final.model_config, len(final.labels)), trainable_only=True)
+    fresh = adapter_state(build_model(final.model_config, final.labels), trainable_only=True)
     assert set(fresh) <= set(final.state)
     assert any(not np.allclose(final.state[name], fresh[name]) for name in fresh)
 

@@ -16,6 +16,8 @@ from client.batching import make_batch
 from client.dp_training import _grad_samples_to_float32
 from client.model import ModelConfig, build_model
 
+LABELS3 = ("a", "b", "c")
+
 BATCH = [0, 1, 2, 3, 4, 5, 7, 11]
 
 
@@ -48,7 +50,7 @@ def _per_example_grads(model: nn.Module, data, indices) -> list[dict[str, torch.
 @pytest.mark.parametrize("lora", ["lora", "ffa"])
 @pytest.mark.parametrize("mode", ["hooks", "functorch"])
 def test_opacus_per_sample_gradients_match_per_example_loop(toy_data, lora, mode) -> None:  # type: ignore[no-untyped-def]
-    model = _deterministic(build_model(ModelConfig(model="tiny", lora=lora, seed=3), 3))
+    model = _deterministic(build_model(ModelConfig(model="tiny", lora=lora, seed=3), LABELS3))
     # B starts at zero; give it values so A's gradient is non-trivial too.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -75,7 +77,7 @@ def test_opacus_per_sample_gradients_match_per_example_loop(toy_data, lora, mode
 
 
 def test_sigma_zero_step_equals_clipped_sum(toy_data) -> None:  # type: ignore[no-untyped-def]
-    model = _deterministic(build_model(ModelConfig(model="tiny", lora="lora", seed=5), 3))
+    model = _deterministic(build_model(ModelConfig(model="tiny", lora="lora", seed=5), LABELS3))
     clip = 0.05  # small enough that every example is clipped
     per_example = _per_example_grads(model, toy_data, BATCH)
     names = [n for n, _ in _trainable(model)]
@@ -105,14 +107,18 @@ def test_sigma_zero_step_equals_clipped_sum(toy_data) -> None:  # type: ignore[n
     optimizer.step()
     for name, param in _trainable(model):
         got = param.detach() - before[name]
-        err = (got - expected_update[name]).norm() / expected_update[name].norm().clamp(min=1e-12)
-        assert err < 1e-4, f"{name}: relative error {err:.2e}"
+        # float32 can only resolve an update to a few ulps of the parameter itself (the
+        # prototype head's scale is about 20, its update about 1e-3)
+        ulps = 4 * torch.finfo(torch.float32).eps * before[name].norm()
+        err = (got - expected_update[name]).norm()
+        bound = 1e-4 * expected_update[name].norm() + ulps
+        assert err <= bound, f"{name}: error {err:.2e} > {bound:.2e}"
     gsm._close()
 
 
 def test_bf16_per_sample_gradients_are_clipped_in_float32(toy_data) -> None:  # type: ignore[no-untyped-def]
     """Under bf16 autocast, a single clipped example never moves the adapter by more than C."""
-    model = _deterministic(build_model(ModelConfig(model="tiny", lora="lora", seed=9), 3))
+    model = _deterministic(build_model(ModelConfig(model="tiny", lora="lora", seed=9), LABELS3))
     clip = 1e-3
     gsm = GradSampleModule(model, loss_reduction="sum")
     params = [p for _, p in _trainable(model)]

@@ -11,9 +11,11 @@ from client.dp_training import DPConfig, TrainConfig, plan_steps, train_adapter
 from client.model import ModelConfig, adapter_state, build_model
 from privacy.accounting import DPEvent, compute_epsilon
 
+LABELS3 = ("a", "b", "c")
+
 
 def _train(toy_data, lora="ffa", dp=None, noise_seed=1, epochs=1):  # type: ignore[no-untyped-def]
-    model = build_model(ModelConfig(model="tiny", lora=lora, seed=0), 3)
+    model = build_model(ModelConfig(model="tiny", lora=lora, seed=0), LABELS3)
     before = adapter_state(model)
     report = train_adapter(
         model,
@@ -81,7 +83,7 @@ def test_reported_epsilon_lands_on_target_and_matches_pld(toy_data) -> None:  # 
 
 def test_prior_spend_is_composed_and_calibrated_around(toy_data) -> None:  # type: ignore[no-untyped-def]
     prior = (DPEvent(1.5, 0.1, 20),)
-    model = build_model(ModelConfig(model="tiny"), 3)
+    model = build_model(ModelConfig(model="tiny"), LABELS3)
     spent = compute_epsilon(prior, 1e-5)
     report = train_adapter(
         model,
@@ -110,7 +112,7 @@ def test_empty_poisson_batches_still_take_a_noisy_step(tiny_tokenizer) -> None: 
     data = tokenize_texts(
         tiny_tokenizer, ["card lost", "transfer late", "chest pain"] * 2, [0, 1, 2] * 2, 16
     )
-    model = build_model(ModelConfig(model="tiny"), 3)
+    model = build_model(ModelConfig(model="tiny"), LABELS3)
     # q = 1/6 with 6 records: empty batches are common; every step must still be counted.
     report = train_adapter(
         model,

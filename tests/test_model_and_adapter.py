@@ -14,30 +14,32 @@ from client.model import (
     load_adapter_state,
 )
 
+LABELS3 = ("a", "b", "c")
+
 
 def test_only_adapter_is_trainable_and_ffa_freezes_a() -> None:
-    model = build_model(ModelConfig(model="tiny", lora="ffa"), 4)
+    model = build_model(ModelConfig(model="tiny", lora="ffa"), ("a", "b", "c", "d"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(is_adapter_parameter(n) for n in trainable)
     assert not any(".lora_A." in n for n in trainable)
     assert any(n.startswith("head.") for n in trainable)
     frozen_base = [n for n, p in model.named_parameters() if not is_adapter_parameter(n)]
     assert frozen_base  # the base model exists but never trains
-    plain = build_model(ModelConfig(model="tiny", lora="lora"), 4)
+    plain = build_model(ModelConfig(model="tiny", lora="lora"), ("a", "b", "c", "d"))
     assert any(".lora_A." in n for n, p in plain.named_parameters() if p.requires_grad)
 
 
 def test_same_seed_same_frozen_a_across_nodes() -> None:
-    a = adapter_state(build_model(ModelConfig(model="tiny", seed=11), 3))
-    b = adapter_state(build_model(ModelConfig(model="tiny", seed=11), 3))
-    c = adapter_state(build_model(ModelConfig(model="tiny", seed=12), 3))
+    a = adapter_state(build_model(ModelConfig(model="tiny", seed=11), LABELS3))
+    b = adapter_state(build_model(ModelConfig(model="tiny", seed=11), LABELS3))
+    c = adapter_state(build_model(ModelConfig(model="tiny", seed=12), LABELS3))
     lora_a = [n for n in a if ".lora_A." in n]
     assert all(np.array_equal(a[n], b[n]) for n in lora_a)
     assert any(not np.array_equal(a[n], c[n]) for n in lora_a)
 
 
 def test_travelling_state_is_float32_trainable_only() -> None:
-    model = build_model(ModelConfig(model="tiny", lora="ffa", rank=4), 3)
+    model = build_model(ModelConfig(model="tiny", lora="ffa", rank=4), LABELS3)
     state = adapter_state(model, trainable_only=True)
     assert state and all(v.dtype == np.float32 for v in state.values())
     assert not any(".lora_A." in n for n in state)
@@ -45,7 +47,7 @@ def test_travelling_state_is_float32_trainable_only() -> None:
 
 
 def test_load_adapter_state_round_trip_and_strict_checks() -> None:
-    model = build_model(ModelConfig(model="tiny"), 3)
+    model = build_model(ModelConfig(model="tiny"), LABELS3)
     state = {n: np.full_like(v, 0.25) for n, v in adapter_state(model, trainable_only=True).items()}
     load_adapter_state(model, state, trainable_only=True)
     assert all(np.all(v == 0.25) for v in adapter_state(model, trainable_only=True).values())
@@ -69,12 +71,12 @@ def test_load_adapter_state_round_trip_and_strict_checks() -> None:
 
 def test_adapter_directory_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = ModelConfig(model="tiny", rank=4)
-    model = build_model(config, 3)
+    model = build_model(config, LABELS3)
     save_adapter(tmp_path / "adapter", adapter_state(model), config, ("a", "b", "c"), {"round": 2})
     saved = load_adapter(tmp_path / "adapter")
     assert saved.model_config == config and saved.labels == ("a", "b", "c")
     assert saved.extra == {"round": 2}
-    fresh = build_model(config, 3)
+    fresh = build_model(config, LABELS3)
     load_adapter_state(fresh, saved.state)
     original = adapter_state(model)
     assert all(np.array_equal(original[n], v) for n, v in adapter_state(fresh).items())

@@ -75,7 +75,7 @@ def test_simulation_trains_and_accounts(finished_run) -> None:  # type: ignore[n
 
     # the global adapter changed, and only adapter tensors were saved
     settings = prepared.settings
-    fresh = adapter_state(build_model(settings.model, len(settings.labels)), trainable_only=True)
+    fresh = adapter_state(build_model(settings.model, settings.labels), trainable_only=True)
     final = load_adapter(out / "adapter")
     assert set(fresh) <= set(final.state)
     assert any(not np.allclose(final.state[n], fresh[n]) for n in fresh)

@@ -1,0 +1,175 @@
+"""bench/utility.py builds the right ``fedlora`` command lines, data files and table rows.
+
+No training: the cells' command lines are parsed by the ``fedlora`` parser itself, the
+``--quick`` subsamples are built from tiny data sets shaped like the real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from sim.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_utility() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_utility", ROOT / "bench" / "utility.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+utility = _load_utility()
+
+
+def _write(path: Path, header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """Both data sets, small: BANKING77 with a train and a test file, medical with one file."""
+    root = tmp_path / "data"
+    intents = ("card_arrival", "lost_card", "top_up")
+    train = [(f"query {i} about {intents[i % 3]}", intents[i % 3]) for i in range(1500)]
+    test = [(f"test query {i}", intents[i % 3]) for i in range(600)]
+    _write(root / "banking77" / "train.csv", ("text", "category"), train)
+    _write(root / "banking77" / "test.csv", ("text", "category"), test)
+    medical = [(f"abstract {i} " * 5, str(1 + i % 5)) for i in range(1500)]
+    _write(
+        root / "medical_abstracts" / "medical_tc_test.csv",
+        ("condition_label", "medical_abstract"),
+        [(label, text) for text, label in medical],
+    )
+    _write(
+        root / "medical_abstracts" / "medical_tc_labels.csv",
+        ("condition_label", "condition_name"),
+        [(str(k), f"condition {k}") for k in range(1, 6)],
+    )
+    return root
+
+
+def _parsed(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -> None:
+    plan = utility.FULL_PLAN
+    banking = utility.DATASETS["banking77"]
+    pool = utility.load_pool(banking, plan, data_root, data_root / "out")
+    assert not pool.derived and pool.test_path == data_root / "banking77" / "test.csv"
+    assert (pool.train_records, pool.test_records, pool.test_fraction) == (1500, 600, None)
+    run_dir = Path("run")
+
+    central = utility.cell_argv(
+        utility.CELLS_BY_NAME["central-linear-dp3"], banking, plan, pool, 2, run_dir
+    )
+    args = _parsed(central)
+    assert args.command == "train"
+    assert Path(args.eval_data).resolve() == pool.test_path.resolve()
+    assert "--eval-fraction" not in central
+    assert (args.head, args.epsilon, args.clip_norm) == ("linear", 3.0, plan.clip_norm)
+    assert (args.batch_size, args.lr, args.epochs) == (
+        plan.central_batch_size,
+        plan.learning_rate,
+        plan.rounds * plan.local_epochs,
+    )
+
+    fed = utility.cell_argv(utility.CELLS_BY_NAME["fed-nodp"], banking, plan, pool, 0, run_dir)
+    args = _parsed(fed)
+    assert args.command == "sim" and args.no_dp and "--clip-norm" not in fed
+    assert Path(args.test_data).resolve() == pool.test_path.resolve()
+    assert "--test-fraction" not in fed
+    assert (args.head, args.batch_size, args.rounds) == ("prototype", plan.node_batch_size, 3)
+
+    medical = utility.DATASETS["medical_abstracts"]
+    pool = utility.load_pool(medical, plan, data_root, data_root / "out")
+    assert pool.test_path is None and pool.test_fraction == medical.test_fraction
+    fed = utility.cell_argv(utility.CELLS_BY_NAME["fed-dp8"], medical, plan, pool, 0, run_dir)
+    args = _parsed(fed)
+    assert args.test_data is None and args.test_fraction == medical.test_fraction
+
+
+def test_quick_subsamples_both_files_and_writes_them(data_root: Path) -> None:
+    out = data_root / "out"
+    plan = utility.QUICK_PLAN
+    banking = utility.DATASETS["banking77"]
+    pool = utility.load_pool(banking, plan, data_root, out)
+    assert pool.derived
+    assert pool.path == out / "data" / "banking77" / "quick-train.csv"
+    assert pool.test_path == out / "data" / "banking77" / "quick-test.csv"
+    assert abs(pool.records - (plan.quick_records - plan.quick_test)) <= 3
+    assert abs(pool.test_records - plan.quick_test) <= 3
+    utility.write_pool(pool, banking)
+    with pool.test_path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == pool.test_records and {r["category"] for r in rows} == {
+        "card_arrival",
+        "lost_card",
+        "top_up",
+    }
+    assert all(r["text"].startswith("test query") for r in rows)
+    argv = utility.cell_argv(utility.CELLS_BY_NAME["fed-dp8"], banking, plan, pool, 0, Path("r"))
+    assert _parsed(argv).batch_size == plan.node_batch_size == 16
+
+
+def test_a_changed_test_file_makes_results_stale(data_root: Path) -> None:
+    banking = utility.DATASETS["banking77"]
+    cell = utility.CELLS_BY_NAME["central-dp8"]
+    before = utility.load_pool(banking, utility.FULL_PLAN, data_root, data_root / "out")
+    test = data_root / "banking77" / "test.csv"
+    test.write_text(test.read_text(encoding="utf-8") + "one more,top_up\n", encoding="utf-8")
+    after = utility.load_pool(banking, utility.FULL_PLAN, data_root, data_root / "out")
+    settings = utility.cell_settings(cell, banking, utility.FULL_PLAN, before, 0)
+    assert not utility._same_settings(
+        {"settings": settings},
+        utility.cell_settings(cell, banking, utility.FULL_PLAN, after, 0),
+    )
+
+
+def test_rows_carry_the_cell_settings_and_accuracy_before_training() -> None:
+    cell = utility.CELLS_BY_NAME["fed-linear-dp8"]
+    assert cell.describe() == (
+        "10 nodes, Dirichlet α=0.5, FFA-LoRA, DP ε=8, no prior (linear head)"
+    )
+    assert utility.CELLS_BY_NAME["central-dp8"].describe() == "centralized, FFA-LoRA, DP ε=8"
+    results = [
+        {
+            "seed": seed,
+            "accuracy": 0.5 + seed / 10,
+            "macro_f1": 0.4,
+            "initial_accuracy": 0.1 * (seed + 1),
+            "wall_seconds": 10.0,
+            "epsilon_max": 7.9,
+            "epsilon_min": 7.8,
+            "delta": 1e-5,
+            "completed_rounds": 3,
+            "planned_rounds": 3,
+            "command": "fedlora sim ...",
+        }
+        for seed in (0, 1)
+    ]
+    row = utility._row("banking77", cell, results)
+    assert row["initial_accuracy"] == pytest.approx(0.15)
+    assert (row["target_epsilon"], row["head"], row["lora"]) == (8.0, "linear", "ffa")
+    assert (row["federated"], row["partition"]) == (True, "dirichlet:0.5")
+    central = utility._row("banking77", utility.CELLS_BY_NAME["central-nodp"], [])
+    assert central["partition"] is None and central["initial_accuracy"] is None
+    table = utility.format_table([row, central])
+    header = table.splitlines()[0].split()
+    assert header.index("before") == header.index("accuracy") - 1
+    assert "0.150" in table.splitlines()[2]
