@@ -7,8 +7,10 @@ Opacus hooks) were chosen for speed. This measures examples/s of the default mod
 combination of
 
 - dtype: ``fp32`` or ``bf16`` (autocast of the forward pass, ``TrainConfig.bf16``);
-- padding: ``fixed128`` (every batch padded to 128 tokens) or ``longest`` (pad-to-longest,
-  what nodes do);
+- padding: ``fixed128`` (every batch padded to 128 tokens), ``longest`` (each batch padded
+  to its longest record, in one pass) or ``sorted`` (what nodes do: each batch sorted by
+  length and run as physical batches of at most ``TrainConfig.physical_batch_tokens`` padded
+  tokens, each padded to its own longest record; not offered for ``ghost``);
 - DP: ``none``, ``hooks`` (DP-SGD, Opacus per-sample gradients by hooks, the default) or
   ``ghost`` (DP-SGD, Opacus ghost clipping),
 
@@ -96,7 +98,9 @@ FIXED_WIDTH = 128
 NOISE_MULTIPLIER = 1.0
 CLIP_NORM = 1.0
 DTYPES: tuple[str, ...] = ("fp32", "bf16")
-PADDINGS: tuple[str, ...] = ("fixed128", "longest")
+PADDINGS: tuple[str, ...] = ("fixed128", "longest", "sorted")
+#: A physical-batch token budget no batch reaches: one forward/backward pass per batch.
+ONE_PASS = 10**9
 DP_MODES: tuple[str, ...] = ("none", "hooks", "ghost")
 DP_TARGET = 1.15
 PAD_BF16_TARGET = 3.0
@@ -121,6 +125,11 @@ class Setting:
     def pad_to(self) -> int | None:
         """Width every batch is padded to, or None for pad-to-longest."""
         return FIXED_WIDTH if self.padding == "fixed128" else None
+
+    @property
+    def physical_batch_tokens(self) -> int:
+        """``sorted``: train_adapter's default length-sorted physical batches; else one pass."""
+        return TrainConfig().physical_batch_tokens if self.padding == "sorted" else ONE_PASS
 
 
 @dataclass
@@ -183,6 +192,7 @@ def run_train_adapter(
         batch_size=batch_size,
         bf16=setting.dtype == "bf16",
         noise_seed=seed,
+        physical_batch_tokens=setting.physical_batch_tokens,
     )
     dp = DPConfig(
         enabled=setting.dp != "none",
@@ -208,6 +218,8 @@ def run_ghost(
     """
     from opacus import PrivacyEngine
 
+    if setting.padding == "sorted":
+        raise ValueError("this ghost-clipping loop has no length-sorted physical batches")
     log = StepLog()
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -423,17 +435,19 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         "holds": row["dp_step_ratio"] <= DP_TARGET,
                     }
                 )
-    for dp in DP_MODES:
-        fast, slow = ok.get(f"bf16/longest/{dp}"), ok.get(f"fp32/fixed128/{dp}")
-        if fast is not None and slow is not None:
-            ratio = fast["examples_per_s"] / slow["examples_per_s"]
-            out.append(
-                {
-                    "target": f"bf16 + longest ≥ {PAD_BF16_TARGET}× fp32 + fixed128 (DP {dp})",
-                    "measured": ratio,
-                    "holds": ratio >= PAD_BF16_TARGET,
-                }
-            )
+    for padding in ("longest", "sorted"):
+        for dp in DP_MODES:
+            fast, slow = ok.get(f"bf16/{padding}/{dp}"), ok.get(f"fp32/fixed128/{dp}")
+            if fast is not None and slow is not None:
+                ratio = fast["examples_per_s"] / slow["examples_per_s"]
+                out.append(
+                    {
+                        "target": f"bf16 + {padding} ≥ {PAD_BF16_TARGET}× fp32 + fixed128 "
+                        f"(DP {dp})",
+                        "measured": ratio,
+                        "holds": ratio >= PAD_BF16_TARGET,
+                    }
+                )
     return out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy.durable_io import atomic_writer
-from sim.plots import _figure
+from sim.plots import pyplot_agg
 
 REPO = Path(__file__).resolve().parents[1]
 DP_COLOURS = {"none": "tab:blue", "hooks": "tab:orange", "ghost": "tab:green"}
@@ -95,7 +95,7 @@ def plot_throughput(payload: dict[str, Any], path: Path) -> bool:
         return False
     fastest = ok[-1]["examples_per_s"]
     top = max(max(r.get("examples_per_s_repeats") or [r["examples_per_s"]]) for r in ok)
-    plt = _figure()
+    plt = pyplot_agg()
     fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.4))
     note = {"va": "center", "fontsize": "small"}
     for y, row in enumerate(failed):
@@ -201,7 +201,7 @@ def plot_accuracy_vs_epsilon(cells: Sequence[StudyCell], path: Path) -> bool:
         return False
     from matplotlib.ticker import NullFormatter
 
-    plt = _figure()
+    plt = pyplot_agg()
     datasets = list(dict.fromkeys(c.dataset for c in cells))
     colours = {s: f"C{i}" for i, s in enumerate(dict.fromkeys(c.series for c in cells))}
     fig, axes = _panels(plt, datasets)
@@ -273,7 +273,7 @@ def plot_accuracy_vs_round(cells: Sequence[StudyCell], path: Path) -> bool:
         return False
     from matplotlib.ticker import MaxNLocator
 
-    plt = _figure()
+    plt = pyplot_agg()
     datasets = list(dict.fromkeys(c.dataset for c, _, _ in lines))
     colours = {n: f"C{i}" for i, n in enumerate(dict.fromkeys(c.cell for c, _, _ in lines))}
     fig, axes = _panels(plt, datasets)

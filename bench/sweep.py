@@ -64,7 +64,7 @@ class Trial:
 BASE = Trial()
 #: Values tried per axis, each with every other setting at ``BASE``.
 AXES: dict[str, tuple[Any, ...]] = {
-    "lr": (0.003, 0.03),
+    "lr": (0.03, 0.003),
     "batch_size": (64, 1024),
     "clip_norm": (0.1,),
     "epochs": (6,),

@@ -163,17 +163,48 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.float(), labels)
 
 
+def physical_batches(
+    data: TokenizedTexts, indices: torch.Tensor, token_budget: int
+) -> list[torch.Tensor]:
+    """Split one batch into length-sorted chunks of at most ``token_budget`` padded tokens.
+
+    Padding a batch to its longest record costs ``size × longest`` tokens; sorted chunks cost
+    ``Σ size_k × longest_k``. A record longer than the budget still gets a chunk of its own.
+    An empty batch stays one empty chunk.
+    """
+    if indices.numel() == 0:
+        return [indices]
+    lengths = torch.as_tensor([len(data.token_ids[int(i)]) for i in indices], dtype=torch.long)
+    order = torch.argsort(lengths, stable=True)
+    ordered, ordered_lengths = indices[order], lengths[order].tolist()
+    chunks, start = [], 0
+    for end, length in enumerate(ordered_lengths):
+        if end > start and (end - start + 1) * length > token_budget:
+            chunks.append(ordered[start:end])
+            start = end
+    chunks.append(ordered[start:])
+    return chunks
+
+
 def _run_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: DataLoader[tuple[int]],
     data: TokenizedTexts,
-    epochs: int,
+    train: TrainConfig,
     bf16: bool,
     planned_steps: int,
     progress: ProgressCallback | None,
 ) -> tuple[int, float]:
-    """The optimisation loop; returns (steps taken, mean training loss)."""
+    """The optimisation loop; returns (steps taken, mean training loss).
+
+    Each batch runs as length-sorted physical batches (:func:`physical_batches`). Under
+    DP-SGD, Opacus clips every example's gradient and sums them over the physical batches
+    (``signal_skip_step``, as its ``BatchMemoryManager`` does), then adds noise once and
+    divides by the expected batch size: the step is that of the whole batch. Without DP the
+    losses are weighted by each chunk's share, so the gradient is the batch mean.
+    """
+    private = hasattr(optimizer, "signal_skip_step")  # an Opacus DPOptimizer
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
@@ -181,22 +212,31 @@ def _run_steps(
     with warnings.catch_warnings():
         # Opacus' hooks on layers whose inputs need no gradient make torch warn every step.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        for _ in range(epochs):
-            for indices in loader:
-                batch = make_batch(data, batch_indices(indices))
-                if len(batch) == 0:
-                    batch = _noise_only_batch(data.pad_token_id)
-                with autocast:
-                    logits = model(batch.input_ids, batch.attention_mask)
-                loss = _loss(logits, batch.labels)
+        for _ in range(train.epochs):
+            for collated in loader:
+                indices = batch_indices(collated)
+                chunks = physical_batches(data, indices, train.physical_batch_tokens)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                for number, chunk in enumerate(chunks, start=1):
+                    batch = make_batch(data, chunk)
+                    if len(batch) == 0:
+                        batch = _noise_only_batch(data.pad_token_id)
+                    with autocast:
+                        logits = model(batch.input_ids, batch.attention_mask)
+                    loss = _loss(logits, batch.labels)
+                    share = 1.0 if private else len(batch) / max(len(indices), 1)
+                    (loss * share).backward()
+                    if len(batch) > 0:
+                        loss_sum += float(loss.detach()) * len(batch)
+                        loss_count += len(batch)
+                    if number < len(chunks) and private:
+                        _grad_samples_to_float32(params)
+                        optimizer.signal_skip_step(do_skip=True)  # type: ignore[attr-defined]
+                        optimizer.step()  # clips and sums this chunk's examples only
+                        optimizer.zero_grad(set_to_none=True)  # keeps the running sum
                 _grad_samples_to_float32(params)
                 optimizer.step()
                 steps += 1
-                if len(batch) > 0:
-                    loss_sum += float(loss.detach()) * len(batch)
-                    loss_count += len(batch)
                 if progress is not None:
                     progress(steps, planned_steps, loss_sum / max(loss_count, 1))
     return steps, loss_sum / max(loss_count, 1)
@@ -266,7 +306,7 @@ def train_adapter(
         )
     try:
         steps, train_loss = _run_steps(
-            trained, optimizer, loader, data, train.epochs, use_bf16, plan.steps, progress
+            trained, optimizer, loader, data, train, use_bf16, plan.steps, progress
         )
     finally:
         if engine is not None:

@@ -147,6 +147,11 @@ class TrainConfig:
     noise_seed
         Seed of sampling and noise for a reproducible experiment; ``None`` (the default, and
         the only safe choice in deployment) draws them from the operating system.
+    physical_batch_tokens
+        Most padded tokens in one forward/backward pass. A (Poisson) batch is sorted by
+        length and run as consecutive physical batches of at most this many padded tokens
+        whose clipped per-sample gradients are summed before the one noisy step: the same
+        DP-SGD step, without padding every short text to the batch's longest one.
     """
 
     epochs: int = 3
@@ -154,6 +159,7 @@ class TrainConfig:
     learning_rate: float = 5e-3
     bf16: bool | None = None
     noise_seed: int | None = None
+    physical_batch_tokens: int = 2048
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -162,3 +168,7 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.physical_batch_tokens < 1:
+            raise ValueError(
+                f"physical_batch_tokens must be >= 1, got {self.physical_batch_tokens}"
+            )

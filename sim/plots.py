@@ -8,7 +8,8 @@ from typing import Any
 from privacy.durable_io import atomic_writer
 
 
-def _figure() -> Any:
+def pyplot_agg() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def _figure() -> Any:
 
 def plot_accuracy(record: dict[str, Any], path: Path) -> None:
     """Test accuracy and macro-F1 of the global adapter against the round (round 0 = start)."""
-    plt = _figure()
+    plt = pyplot_agg()
     rounds = [0] if record.get("initial") else []
     acc = [record["initial"]["accuracy"]] if record.get("initial") else []
     f1 = [record["initial"]["macro_f1"]] if record.get("initial") else []
@@ -42,7 +43,7 @@ def plot_accuracy(record: dict[str, Any], path: Path) -> None:
 
 def plot_epsilon(record: dict[str, Any], path: Path) -> None:
     """Each node's cumulative ε (PRV accountant) against the round."""
-    plt = _figure()
+    plt = pyplot_agg()
     series: dict[str, tuple[list[int], list[float]]] = {}
     for entry in record["rounds"]:
         for name, node in entry.get("nodes", {}).items():

@@ -121,3 +121,42 @@ def test_empty_poisson_batches_still_take_a_noisy_step(tiny_tokenizer) -> None: 
         DPConfig(noise_multiplier=2.0),
     )
     assert report.steps == 24
+
+
+@pytest.mark.parametrize("dp_enabled", [True, False])
+def test_length_sorted_physical_batches_take_the_same_step(toy_data, dp_enabled) -> None:  # type: ignore[no-untyped-def]
+    """Splitting each batch into length-sorted chunks changes the padding, not the step: the
+    same Poisson batches, clipped per example, summed, one noise draw (σ > 0 here)."""
+    import torch
+
+    from client.dp_training import physical_batches
+
+    dp = DPConfig(enabled=dp_enabled, noise_multiplier=0.5, clip_norm=0.5)
+    results = []
+    for budget in (64, 10**6):  # about 2-6 examples per pass / the whole batch in one pass
+        model = build_model(ModelConfig(model="tiny", lora="lora", seed=0), LABELS3)
+        for module in model.modules():  # dropout draws depend on the batch shapes
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        train = TrainConfig(  # float32: bf16 rounding depends on the matmul shapes
+            epochs=1,
+            batch_size=32,
+            learning_rate=1e-3,
+            bf16=False,
+            noise_seed=5,
+            physical_batch_tokens=budget,
+        )
+        report = train_adapter(model, toy_data, train, dp)
+        results.append((adapter_state(model), report))
+    (chunked, chunked_report), (whole, whole_report) = results
+    assert chunked_report.steps == whole_report.steps
+    assert math.isclose(chunked_report.train_loss, whole_report.train_loss, rel_tol=1e-4)
+    for name in whole:
+        np.testing.assert_allclose(chunked[name], whole[name], atol=2e-6, err_msg=name)
+
+    indices = torch.arange(len(toy_data))
+    lengths = [len(toy_data.token_ids[i]) for i in range(len(toy_data))]
+    chunks = physical_batches(toy_data, indices, 200)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(len(toy_data)))
+    assert all(len(c) * max(lengths[int(i)] for i in c) <= 200 or len(c) == 1 for c in chunks)
+    assert physical_batches(toy_data, indices[:0], 200)[0].numel() == 0
