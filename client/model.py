@@ -23,6 +23,7 @@ tests and scale runs; any other value is a Hugging Face id or local path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,8 +52,10 @@ def resolve_model_source(model: str) -> str:
     return model
 
 
+@functools.lru_cache(maxsize=4)
 def load_tokenizer(model: str) -> Any:
-    """The tokenizer for ``model`` (``tiny`` shares the default model's vocabulary)."""
+    """The tokenizer for ``model`` (``tiny`` shares the default model's vocabulary); loaded
+    once per process."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_model_source(model))

@@ -1,10 +1,10 @@
 """One institution's node: its data, model and privacy ledger, and what it does in a round.
 
 A node process loads and tokenizes its data once and builds the model once (cached by
-:func:`load_node`); every round it loads the global adapter, checks its own budget, trains with
-DP-SGD, **records the spend durably in its ledger**, and only then hands back the adapter
-delta. The ledger on disk, not Flower's in-memory context, is the node's privacy memory: it
-survives new runs and restarts.
+:func:`load_node`; the nodes one simulation process serves share the model); every round it
+loads the global adapter, checks its own budget, trains with DP-SGD, **records the spend
+durably in its ledger**, and only then hands back the adapter delta. The ledger on disk, not
+Flower's in-memory context, is the node's privacy memory: it survives new runs and restarts.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from client.model import (
 )
 from client.round_plan import RoundPlan
 from client.run_settings import NodeSettings, RunSettings
+from client.training_config import ModelConfig
 from privacy.accounting import (
     DPEvent,
     calibrate_noise_multiplier,
@@ -104,7 +105,16 @@ def _open_ledger(settings: NodeSettings, run: RunSettings, fingerprint: str) -> 
     )
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
+def _shared_model(model: ModelConfig, labels: tuple[str, ...]) -> nn.Module:
+    """One model per process and run: every round starts by loading the global adapter into
+    it and its frozen parts are the same on every node, so all the nodes a simulation
+    process serves share it (building one per node cost each of them a model load and a
+    label embedding every round once they outnumbered the cache)."""
+    return build_model(model, labels)
+
+
+@functools.lru_cache(maxsize=64)
 def _load_node_cached(settings: NodeSettings, run: RunSettings, mtime_ns: int) -> Node:
     data_config = DataConfig(
         text_column=run.text_column, label_column=run.label_column, labels=run.labels
@@ -113,7 +123,7 @@ def _load_node_cached(settings: NodeSettings, run: RunSettings, mtime_ns: int) -
     tokens = tokenize_texts(
         load_tokenizer(run.model.model), texts.texts, texts.label_ids, run.model.max_length
     )
-    model = build_model(run.model, run.labels)  # its head is replaced by the server's
+    model = _shared_model(run.model, run.labels)  # its adapter is the server's every round
     ledger = None
     if run.dp.enabled:
         fingerprint = dataset_fingerprint(texts.texts, [texts.labels[i] for i in texts.label_ids])

@@ -115,7 +115,7 @@ class RunSettings:
     text_column: str = "text"
     label_column: str = "label"
     model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig(epochs=1)
+    train: TrainConfig = TrainConfig(epochs=1, batch_size=32)  # per round, on a node's share
     dp: DPConfig = DPConfig()
     server_learning_rate: float = 1.0
     weighting: str = "uniform"

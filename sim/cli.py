@@ -16,7 +16,7 @@ from pathlib import Path
 
 from client.data_loading import DataConfig, DataValidationError
 from client.redaction import RedactionConfig
-from client.run_settings import RunSettings
+from client.run_settings import RUN_DEFAULTS, RunSettings
 from client.secure_aggregation_settings import MIN_SECURE_NODES, SecureAggregationConfig
 from client.synthetic import SyntheticConfig
 from client.training_config import HEADS, LORA_VARIANTS, DPConfig, ModelConfig, TrainConfig
@@ -41,6 +41,11 @@ computed by Opacus' PRV accountant from the recorded steps (RDP reported alongsi
 noise multiplier is calibrated so that the planned epochs land at --epsilon, unless
 --noise-multiplier fixes it. δ defaults to min(1e-5, 1/N).
 """
+
+
+#: ``fedlora train`` defaults: the configuration dataclasses' own (one place to change them).
+TRAIN_DEFAULTS = TrainConfig()
+DP_DEFAULTS = DPConfig()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -132,16 +137,30 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_group(p)
 
     priv = p.add_argument_group("differential privacy")
-    priv.add_argument("--epsilon", type=float, default=8.0, help="target ε of the whole run")
+    priv.add_argument(
+        "--epsilon",
+        type=float,
+        default=DP_DEFAULTS.target_epsilon,
+        help="target ε of the whole run",
+    )
     priv.add_argument("--delta", type=float, help="δ (default: min(1e-5, 1/N))")
     priv.add_argument("--noise-multiplier", type=float, help="fix σ instead of calibrating")
-    priv.add_argument("--clip-norm", type=float, default=1.0, help="per-sample clipping norm C")
+    priv.add_argument(
+        "--clip-norm", type=float, default=DP_DEFAULTS.clip_norm, help="per-sample clipping norm C"
+    )
     priv.add_argument("--no-dp", action="store_true", help="train without DP (baseline)")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=3)
-    opt.add_argument("--batch-size", type=int, default=64, help="expected (Poisson) batch size")
-    opt.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
+    opt.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS.epochs)
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        default=TRAIN_DEFAULTS.batch_size,
+        help="expected (Poisson) batch size",
+    )
+    opt.add_argument(
+        "--lr", type=float, default=TRAIN_DEFAULTS.learning_rate, help="Adam learning rate"
+    )
     opt.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     opt.add_argument("--seed", type=int, default=0, help="seed of model init and data split")
     opt.add_argument(
@@ -266,9 +285,14 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_group(p)
 
     priv = p.add_argument_group("differential privacy (per node)")
-    priv.add_argument("--epsilon", type=float, default=8.0, help="each node's total ε budget")
+    priv.add_argument(
+        "--epsilon",
+        type=float,
+        default=RUN_DEFAULTS.dp.target_epsilon,
+        help="each node's total ε budget",
+    )
     priv.add_argument("--delta", type=float, help="δ (default: min(1e-5, 1/N) per node)")
-    priv.add_argument("--clip-norm", type=float, default=1.0)
+    priv.add_argument("--clip-norm", type=float, default=RUN_DEFAULTS.dp.clip_norm)
     priv.add_argument("--no-dp", action="store_true", help="train without DP (baseline)")
     priv.add_argument(
         "--node-budget",
@@ -279,9 +303,19 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
     )
 
     opt = p.add_argument_group("local optimisation")
-    opt.add_argument("--local-epochs", type=int, default=1)
-    opt.add_argument("--batch-size", type=int, default=32, help="expected (Poisson) batch size")
-    opt.add_argument("--lr", type=float, default=5e-3, help="local Adam learning rate")
+    opt.add_argument("--local-epochs", type=int, default=RUN_DEFAULTS.train.epochs)
+    opt.add_argument(
+        "--batch-size",
+        type=int,
+        default=RUN_DEFAULTS.train.batch_size,
+        help="expected (Poisson) batch size",
+    )
+    opt.add_argument(
+        "--lr",
+        type=float,
+        default=RUN_DEFAULTS.train.learning_rate,
+        help="local Adam learning rate",
+    )
     opt.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     opt.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output directory")

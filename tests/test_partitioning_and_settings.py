@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,18 @@ def test_round_plan_round_trip_and_validation() -> None:
         RoundPlan.from_config({k: v for k, v in plan.to_config().items() if k != "clip-norm"})
     with pytest.raises(ValueError, match=r"outside 1\.\.5"):
         RoundPlan(6, 5, 1, 32, 0.01, 1.0, 8.0, 0.0, "abc", "def")
+
+
+def test_pyproject_run_config_trains_with_the_dataclass_defaults() -> None:
+    """`flwr run` (pyproject's run config) and `fedlora sim` / Python callers get one set of
+    model, optimisation, DP and SecAgg+ defaults: those of the configuration dataclasses."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    config = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
+    parsed = settings_from_run_config({**config, "labels": "a,b,c"})
+    defaults = RunSettings(rounds=parsed.rounds, labels=("a", "b", "c"))
+    assert parsed.model == defaults.model
+    assert parsed.train == defaults.train
+    assert parsed.dp == defaults.dp
+    assert parsed.secure_aggregation == defaults.secure_aggregation
