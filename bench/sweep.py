@@ -52,12 +52,14 @@ class Trial:
     target_modules: str = "query,value"
     head: str = "prototype"
     lora: str = "ffa"
+    prototype_norm: float = 1.0
 
     def name(self) -> str:
         """A directory name that says every setting."""
         return (
             f"lr{self.lr:g}-b{self.batch_size}-c{self.clip_norm:g}-e{self.epochs}-r{self.rank}-"
             f"{self.target_modules.replace(',', '+')}-{self.head}-{self.lora}"
+            + (f"-pn{self.prototype_norm:g}" if self.prototype_norm != 1.0 else "")
         )
 
 
@@ -72,6 +74,7 @@ AXES: dict[str, tuple[Any, ...]] = {
     "target_modules": ("query,key,value", "query,key,value,dense"),
     "head": ("linear",),
     "lora": ("lora",),
+    "prototype_norm": (10.0, 0.3),
 }
 
 
@@ -124,6 +127,8 @@ def trial_argv(
     if spec.label_descriptions and trial.head == "prototype":
         argv += ["--label-descriptions", str(data_root / spec.label_descriptions)]
     argv += ["--head", trial.head, "--lora", trial.lora, "--lora-rank", str(trial.rank)]
+    if trial.head == "prototype":
+        argv += ["--prototype-norm", f"{trial.prototype_norm:g}"]
     argv += ["--target-modules", trial.target_modules, "--epsilon", f"{epsilon:g}"]
     argv += ["--clip-norm", f"{trial.clip_norm:g}", "--epochs", str(trial.epochs)]
     argv += ["--batch-size", str(trial.batch_size), "--lr", f"{trial.lr:g}", "--bf16", "off"]

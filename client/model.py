@@ -76,12 +76,19 @@ def _tiny_config() -> Any:
 
 
 def _load_encoder(model: str, seed: int) -> nn.Module:
+    """The encoder without its pooler: the classifier mean-pools the hidden states, so a
+    LoRA adapter on the pooler (``--target-modules ...,dense`` matches ``pooler.dense``)
+    would get no gradient, which Opacus rejects."""
     from transformers import AutoModel
 
     if model == TINY_MODEL:
         torch.manual_seed(seed)
-        return AutoModel.from_config(_tiny_config())
-    return AutoModel.from_pretrained(resolve_model_source(model))
+        encoder = AutoModel.from_config(_tiny_config())
+    else:
+        encoder = AutoModel.from_pretrained(resolve_model_source(model))
+    if isinstance(getattr(encoder, "pooler", None), nn.Module):
+        encoder.pooler = None  # BERT-style encoders skip a None pooler
+    return encoder
 
 
 class TextClassifier(nn.Module):
@@ -171,7 +178,8 @@ def build_model(
     if isinstance(model.head, PrototypeHead):
         # LoRA B starts at zero, so these are the base encoder's embeddings of the label text
         model.head.set_prototypes(
-            embed_texts(model, label_texts(labels, label_descriptions), config)
+            embed_texts(model, label_texts(labels, label_descriptions), config),
+            norm=config.prototype_norm,
         )
     return model
 

@@ -53,14 +53,19 @@ class PrototypeHead(nn.Module):
             return self.scale * (unit @ prototypes.T)
 
     @torch.no_grad()
-    def set_prototypes(self, vectors: torch.Tensor) -> None:
-        """Replace the class vectors (one row per class, any norm: they are normalised)."""
+    def set_prototypes(self, vectors: torch.Tensor, norm: float = 1.0) -> None:
+        """Replace the class vectors (one row per class), stored rescaled to ``norm``.
+
+        The forward pass normalises them, so ``norm`` changes no prediction, only how far
+        an optimiser step turns them (see ``ModelConfig.prototype_norm``).
+        """
         if tuple(vectors.shape) != tuple(self.prototypes.shape):
             raise ValueError(
                 f"class vectors have shape {tuple(vectors.shape)}, "
                 f"the head expects {tuple(self.prototypes.shape)}"
             )
-        self.prototypes.copy_(functional.normalize(vectors.float(), dim=-1, eps=NORM_EPS))
+        unit = functional.normalize(vectors.float(), dim=-1, eps=NORM_EPS)
+        self.prototypes.copy_(unit * norm)
 
 
 @register_grad_sampler(PrototypeHead)

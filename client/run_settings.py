@@ -181,6 +181,7 @@ class RunSettings:
             "max-length": self.model.max_length,
             "model-seed": self.model.seed,
             "head": self.model.head,
+            "prototype-norm": self.model.prototype_norm,
             "label-descriptions-file": self.label_descriptions_file,
             "local-epochs": self.train.epochs,
             "batch-size": self.train.batch_size,
@@ -248,6 +249,7 @@ def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
             max_length=_int(config, "max-length", MODEL_DEFAULTS.max_length),
             seed=_int(config, "model-seed", MODEL_DEFAULTS.seed),
             head=_str(config, "head", MODEL_DEFAULTS.head),
+            prototype_norm=_float(config, "prototype-norm", MODEL_DEFAULTS.prototype_norm),
         ),
         train=TrainConfig(
             epochs=_int(config, "local-epochs", RUN_DEFAULTS.train.epochs),

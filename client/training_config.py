@@ -40,6 +40,12 @@ class ModelConfig:
     head
         ``"prototype"`` (cosine similarity to class vectors that start from the label text:
         the zero-shot prior) or ``"linear"`` (randomly initialised, no prior).
+    prototype_norm
+        Norm at which the prototype head stores its class vectors. The head normalises them,
+        so this changes no prediction; it sets how fast the optimiser turns them: Adam moves
+        each coordinate by about the learning rate per step, which turns a vector of norm R
+        by about ``lr·√hidden / R``. A larger R keeps the label-text prior from being
+        washed out by DP noise while LoRA adapts at the full learning rate.
     """
 
     model: str = DEFAULT_MODEL
@@ -51,6 +57,7 @@ class ModelConfig:
     max_length: int = 128
     seed: int = 0
     head: str = "prototype"
+    prototype_norm: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -65,6 +72,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules or any(not m for m in self.target_modules):
             raise ValueError("target_modules must name at least one module")
+        if not (math.isfinite(self.prototype_norm) and self.prototype_norm > 0):
+            raise ValueError(f"prototype_norm must be > 0, got {self.prototype_norm}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.max_length < 8:

@@ -81,6 +81,14 @@ def _add_model_group(p: argparse.ArgumentParser) -> None:
         "cost: the label set is public); linear: a random head (no prior)",
     )
     model.add_argument(
+        "--prototype-norm",
+        type=float,
+        default=defaults.prototype_norm,
+        help="norm at which the prototype head stores its class vectors: predictions do not "
+        "depend on it, but Adam turns a vector of norm R by about lr·√hidden/R per step, so a "
+        "larger R keeps the label-text prior from being washed out by DP noise",
+    )
+    model.add_argument(
         "--label-descriptions",
         type=Path,
         help="public label descriptions for the prototype head: JSON {label: text} or CSV "
@@ -101,6 +109,7 @@ def _model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         model=args.model,
         head=args.head,
+        prototype_norm=args.prototype_norm,
         lora=args.lora,
         rank=args.lora_rank,
         alpha=args.lora_alpha,

@@ -160,3 +160,14 @@ def test_length_sorted_physical_batches_take_the_same_step(toy_data, dp_enabled)
     assert sorted(torch.cat(chunks).tolist()) == list(range(len(toy_data)))
     assert all(len(c) * max(lengths[int(i)] for i in c) <= 200 or len(c) == 1 for c in chunks)
     assert physical_batches(toy_data, indices[:0], 200)[0].numel() == 0
+
+
+def test_lora_on_every_dense_layer_trains_under_dp(toy_data) -> None:  # type: ignore[no-untyped-def]
+    """`dense` also names BERT's pooler, which mean pooling never uses: the encoder is built
+    without it, so no adapter is left without per-sample gradients (Opacus refuses those)."""
+    config = ModelConfig(model="tiny", target_modules=("query", "key", "value", "dense"))
+    model = build_model(config, LABELS3)
+    assert not any("pooler" in name for name, _ in model.named_parameters())
+    train = TrainConfig(epochs=1, batch_size=32, bf16=False, noise_seed=1)
+    report = train_adapter(model, toy_data, train, DPConfig(noise_multiplier=1.0))
+    assert report.steps == plan_steps(len(toy_data), 32, 1).steps
