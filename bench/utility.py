@@ -137,6 +137,7 @@ from typing import Any
 
 import numpy as np
 
+from client.training_config import ModelConfig
 from privacy.durable_io import write_json_atomic, write_text_atomic
 from sim.splits import stratified_split
 
@@ -616,6 +617,8 @@ def cell_settings(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: i
         },
         "delta": None if cell.epsilon is None else DELTA,
         "seed": seed,
+        # what the cells do not pass on the command line comes from fedlora's defaults
+        "model_defaults": dataclasses.asdict(ModelConfig()),
     }
 
 
@@ -980,13 +983,18 @@ def _data_text(name: str, pool: Pool) -> str:
     )
 
 
+#: fedlora's model defaults: what the cells do not set on the command line.
+MODEL = ModelConfig()
+
+
 def settings_text(plan: Plan, pools: dict[str, Pool]) -> str:
     """One paragraph on what every cell shares."""
     data = "; ".join(_data_text(name, pool) for name, pool in pools.items())
     return (
         f"{'--quick: ' if plan.quick else ''}model {plan.model} (FFA-LoRA and the prototype "
         "head, its class vectors starting from the label names' embeddings, unless stated; "
-        f"LoRA rank 8, query+value), max_length {plan.max_length}, Adam lr "
+        f"LoRA rank {MODEL.rank}, {'+'.join(MODEL.target_modules)}, class vectors stored at "
+        f"norm {MODEL.prototype_norm:g}), max_length {plan.max_length}, Adam lr "
         f"{plan.learning_rate:g}, bf16 {plan.bf16}; federated: {plan.nodes} nodes, "
         f"{plan.nodes_per_round} per round, {plan.rounds} round(s) × {plan.local_epochs} "
         f"local epoch(s), batch size {plan.node_batch_size}, SecAgg+ on; centralized: "

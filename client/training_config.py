@@ -165,7 +165,7 @@ class TrainConfig:
 
     epochs: int = 3
     batch_size: int = 64
-    learning_rate: float = 5e-3
+    learning_rate: float = 1e-2  # best of 3e-3, 1e-2, 3e-2 in bench/sweep.py (docs/results.md)
     bf16: bool | None = None
     noise_seed: int | None = None
     physical_batch_tokens: int = 2048
