@@ -135,24 +135,29 @@ class Setting:
 @dataclass
 class StepLog:
     """What the steps of one run took: at each step's end the wall clock and the process'
-    CPU time, and each step's examples and padded width."""
+    CPU time, and the examples and padded width of each physical batch of each step (one
+    per step, except with length-sorted physical batches)."""
 
     ends: list[float] = field(default_factory=list)
     cpu_ends: list[float] = field(default_factory=list)
-    examples: list[int] = field(default_factory=list)
-    widths: list[int] = field(default_factory=list)
+    steps: list[list[tuple[int, int]]] = field(default_factory=list)
+    current: list[tuple[int, int]] = field(default_factory=list)
+
+    def batch_built(self, examples: int, width: int) -> None:
+        """Record one physical batch of the step under way."""
+        self.current.append((examples, width))
 
     def step_ended(self) -> None:
         """Record the end of a step."""
         self.ends.append(time.perf_counter())
         self.cpu_ends.append(time.process_time())
+        self.steps.append(self.current)
+        self.current = []
 
-    def timed(self, warmup: int) -> list[tuple[float, int, int]]:
-        """(seconds, examples, width) of each step after the first ``warmup``."""
-        if len(self.ends) != len(self.examples):
-            raise RuntimeError(f"{len(self.ends)} steps ended but {len(self.examples)} batches")
+    def timed(self, warmup: int) -> list[tuple[float, list[tuple[int, int]]]]:
+        """(seconds, [(examples, width) per physical batch]) of each step after ``warmup``."""
         return [
-            (self.ends[i] - self.ends[i - 1], self.examples[i], self.widths[i])
+            (self.ends[i] - self.ends[i - 1], self.steps[i])
             for i in range(max(warmup, 1), len(self.ends))
         ]
 
@@ -174,8 +179,7 @@ def recorded_batches(log: StepLog, pad_to: int | None) -> Iterator[None]:
         pad_to_: int | None = None,
     ) -> Batch:
         batch = make_batch(data, indices, pad_to=pad_to)
-        log.examples.append(len(batch))
-        log.widths.append(int(batch.input_ids.shape[1]))
+        log.batch_built(len(batch), int(batch.input_ids.shape[1]))
         return batch
 
     with mock.patch.object(dp_training, "make_batch", recording_make_batch):
@@ -255,8 +259,7 @@ def run_ghost(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            log.examples.append(len(batch))
-            log.widths.append(int(batch.input_ids.shape[1]))
+            log.batch_built(len(batch), int(batch.input_ids.shape[1]))
             log.step_ended()
     finally:
         private._close()
@@ -380,12 +383,12 @@ def summarise(
     rates, step_s, tokens, flop_rates = [], [], [], []
     for log in logs:
         steps = log.timed(warmup)
-        seconds = sum(s for s, _, _ in steps)
-        examples = sum(e for _, e, _ in steps)
-        rates.append(examples / seconds)
+        seconds = sum(s for s, _ in steps)
+        chunks = [chunk for _, batches in steps for chunk in batches]
+        rates.append(sum(e for e, _ in chunks) / seconds)
         step_s.append(seconds / len(steps))
-        tokens.append(sum(e * w for _, e, w in steps) / len(steps))
-        flop_rates.append(sum(e * flops(w) for _, e, w in steps) / seconds)
+        tokens.append(sum(e * w for e, w in chunks) / len(steps))
+        flop_rates.append(sum(e * flops(w) for e, w in chunks) / seconds)
     achieved = statistics.median(flop_rates)
     return {
         "name": setting.name,

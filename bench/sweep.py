@@ -159,16 +159,17 @@ def run_trial(argv: list[str], folder: Path, trial: Trial, dataset: str) -> dict
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown table of finished trials, best validation accuracy first per data set."""
     lines = [
-        "| data set | lr | batch | clip | epochs | rank | targets | head | LoRA | σ | ε | "
-        "before | val. accuracy | val. macro-F1 | wall |",
-        "|" + "---|" * 15,
+        "| data set | lr | batch | clip | epochs | rank | targets | head | class-vector norm | "
+        "LoRA | σ | ε | before | val. accuracy | val. macro-F1 | wall |",
+        "|" + "---|" * 16,
     ]
     ordered = sorted(results, key=lambda r: (r["dataset"], -r["validation_accuracy"]))
     for r in ordered:
         t = r["trial"]
         lines.append(
             f"| {r['dataset']} | {t['lr']:g} | {t['batch_size']} | {t['clip_norm']:g} | "
-            f"{t['epochs']} | {t['rank']} | {t['target_modules']} | {t['head']} | {t['lora']} | "
+            f"{t['epochs']} | {t['rank']} | {t['target_modules']} | {t['head']} | "
+            f"{t.get('prototype_norm', 1.0):g} | {t['lora']} | "
             f"{r['noise_multiplier']:.3f} | {r['epsilon']:.3f} | {r['initial_accuracy']:.4f} | "
             f"{r['validation_accuracy']:.4f} | {r['validation_macro_f1']:.4f} | "
             f"{r['wall_seconds'] / 60:.1f} min |"
