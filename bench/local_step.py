@@ -619,7 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"machine: {machine['cpu']}, {machine['cpus']} CPUs ({machine['torch_threads']} torch "
-        f"threads), torch {machine['torch']}, bf16 native: {machine['bf16_native']}, "
+        f"threads), torch {machine['torch']}, "
+        f"bf16 autocast by default (AMX): {machine['bf16_native']}, "
         f"load average {load_start[0]:.2f} at start, {max(loads):.2f} at most, "
         f"{load_end[0]:.2f} at end"
     )

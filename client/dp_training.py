@@ -90,9 +90,14 @@ def plan_steps(num_records: int, batch_size: int, epochs: int) -> StepPlan:
 
 
 def bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX)."""
+    """Whether bfloat16 autocast pays off on this CPU: only with AMX tiles.
+
+    With AVX512-BF16 alone (no AMX) bf16 autocast measured 0.5-0.9x the float32 throughput
+    at this model's batch shapes (``bench/local_step.py``, docs/results.md): the casts cost
+    more than the faster dot products save. ``--bf16 on`` still forces it.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -170,7 +170,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument(
         "--lr", type=float, default=TRAIN_DEFAULTS.learning_rate, help="Adam learning rate"
     )
-    opt.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    opt.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bfloat16 autocast; auto: only on CPUs with AMX (slower than float32 without)",
+    )
     opt.add_argument("--seed", type=int, default=0, help="seed of model init and data split")
     opt.add_argument(
         "--noise-seed",
@@ -325,7 +330,12 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
         default=RUN_DEFAULTS.train.learning_rate,
         help="local Adam learning rate",
     )
-    opt.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    opt.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bfloat16 autocast; auto: only on CPUs with AMX (slower than float32 without)",
+    )
     opt.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
