@@ -92,9 +92,10 @@ def plan_steps(num_records: int, batch_size: int, epochs: int) -> StepPlan:
 def bf16_supported() -> bool:
     """Whether bfloat16 autocast pays off on this CPU: only with AMX tiles.
 
-    With AVX512-BF16 alone (no AMX) bf16 autocast measured 0.5-0.9x the float32 throughput
-    at this model's batch shapes (``bench/local_step.py``, docs/results.md): the casts cost
-    more than the faster dot products save. ``--bf16 on`` still forces it.
+    With AVX512-BF16 alone (no AMX) bf16 autocast measured 0.4-0.7x the float32 throughput
+    with the pad-to-longest and length-sorted batches nodes use (``bench/local_step.py``,
+    docs/results.md): the casts cost more than the faster dot products save. ``--bf16 on``
+    still forces it.
     """
     try:
         return bool(torch.cpu._is_amx_tile_supported())
