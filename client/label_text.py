@@ -7,7 +7,7 @@ reads optional descriptions from a file (JSON object, or CSV/TSV), naming the fi
 field of anything wrong.
 
 Without a description a label stands for itself with ``_`` and ``-`` read as spaces
-(``card_arrival`` → ``card arrival``).
+(``fee_dispute`` → ``fee dispute``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def read_label_descriptions(path: Path, labels: Sequence[str]) -> dict[str, str]
     Parameters
     ----------
     path
-        The file (``.json``: ``{"card_arrival": "When will my card arrive?", ...}``; other
+        The file (``.json``: ``{"fee_dispute": "a customer contests a fee", ...}``; other
         suffixes: CSV, or TSV for ``.tsv``, whose header names ``label`` and
         ``description``, or that has exactly two columns, label first, e.g. a data set's
         ``condition_label,condition_name`` file).
