@@ -42,47 +42,107 @@ RESULT_FILE = "result.json"
 
 @dataclass(frozen=True)
 class Trial:
-    """One setting of ``fedlora train`` (DP-SGD at the sweep's ε)."""
+    """One setting of ``fedlora train`` or, when ``federated``, of ``fedlora sim`` (DP-SGD
+    at the sweep's ε). A federated trial runs :data:`FEDERATION` for ``epochs`` rounds of
+    one local epoch each, with ``batch_size`` as each node's expected batch."""
 
     lr: float = 0.01
     batch_size: int = 256
     clip_norm: float = 1.0
     epochs: int = 3
     rank: int = 8
+    alpha: int = 16
     target_modules: str = "query,value"
     head: str = "prototype"
     lora: str = "ffa"
     prototype_norm: float = 1.0
+    encoder_dropout: float = 0.1
+    lr_schedule: str = "constant"
+    federated: bool = False
+    server_lr: float = 1.0
 
     def name(self) -> str:
         """A directory name that says every setting."""
         return (
-            f"lr{self.lr:g}-b{self.batch_size}-c{self.clip_norm:g}-e{self.epochs}-r{self.rank}-"
+            ("fed-" if self.federated else "")
+            + f"lr{self.lr:g}-b{self.batch_size}-c{self.clip_norm:g}-e{self.epochs}-r{self.rank}-"
             f"{self.target_modules.replace(',', '+')}-{self.head}-{self.lora}"
             + (f"-pn{self.prototype_norm:g}" if self.prototype_norm != 1.0 else "")
+            + (f"-do{self.encoder_dropout:g}" if self.encoder_dropout != 0.1 else "")
+            + (f"-slr{self.server_lr:g}" if self.server_lr != 1.0 else "")
+            + (f"-a{self.alpha}" if self.alpha != 16 else "")
+            + (f"-{self.lr_schedule}" if self.lr_schedule != "constant" else "")
         )
 
 
 BASE = Trial()
-#: Values tried per axis, each with every other setting at ``BASE``.
+#: The federated base: 10 nodes of about 900 records, so a node's batch is smaller.
+FEDERATED_BASE = Trial(federated=True, batch_size=64)
+#: The federation of a federated trial (``fedlora sim`` flags): issue #7's target setting.
+FEDERATION = ["--nodes", "10", "--nodes-per-round", "10", "--partition", "dirichlet:0.5"]
+#: Values tried per axis, each with every other setting at the base.
 AXES: dict[str, tuple[Any, ...]] = {
     "lr": (0.03, 0.003),
     "batch_size": (64, 1024),
-    "clip_norm": (0.1,),
+    "clip_norm": (0.1, 3.0),
     "epochs": (6,),
     "rank": (4, 16),
+    "alpha": (8, 32),
     "target_modules": ("query,key,value", "query,key,value,dense"),
     "head": ("linear",),
     "lora": ("lora",),
     "prototype_norm": (10.0, 0.3),
+    "encoder_dropout": (0.0,),
+    "server_lr": (3.0, 10.0),
+    "lr_schedule": ("linear",),
+}
+#: Axes that only a federated trial has.
+FEDERATED_AXES = ("server_lr",)
+#: A federated trial's values where they differ from ``AXES`` (a node holds ~900 records).
+FEDERATED_AXIS_VALUES: dict[str, tuple[Any, ...]] = {
+    "batch_size": (128, 256),
+    "lr": (0.02, 0.03),
+    "server_lr": (3.0, 5.0, 10.0),
 }
 
 
-def trials(axes: Sequence[str]) -> list[Trial]:
-    """The base trial, then each value of each selected axis."""
-    chosen = [BASE]
+def parse_base(pairs: Sequence[str], base: Trial) -> Trial:
+    """``base`` with ``axis=value`` overrides (``--base``), each value of its axis' type.
+
+    Raises
+    ------
+    ValueError
+        Naming a pair without ``=``, an unknown axis or a value of the wrong type.
+    """
+    fields = {field.name: type(getattr(base, field.name)) for field in dataclasses.fields(Trial)}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        axis, sep, text = pair.partition("=")
+        if not sep or axis not in fields or axis == "federated":
+            raise ValueError(f"--base {pair!r}: expected axis=value with an axis of {list(AXES)}")
+        try:
+            changes[axis] = fields[axis](text)
+        except ValueError:
+            raise ValueError(
+                f"--base {pair!r}: {text!r} is not a {fields[axis].__name__}"
+            ) from None
+    return dataclasses.replace(base, **changes)
+
+
+def trials(axes: Sequence[str], base: Trial = BASE) -> list[Trial]:
+    """The base trial, then each value of each selected axis (a federated-only axis is
+    skipped in a centralized sweep; a value equal to the base's is not repeated)."""
+    federated = base.federated
+    chosen = [base]
     for axis in axes:
-        chosen += [dataclasses.replace(BASE, **{axis: value}) for value in AXES[axis]]
+        if axis in FEDERATED_AXES and not federated:
+            continue
+        values = FEDERATED_AXIS_VALUES.get(axis, AXES[axis]) if federated else AXES[axis]
+        chosen += [
+            dataclasses.replace(base, **{axis: value})
+            for value in values
+            if value != getattr(base, axis)
+        ]
     return chosen
 
 
@@ -118,21 +178,57 @@ def trial_argv(
     fraction: float,
     run_dir: Path,
 ) -> list[str]:
-    """The ``fedlora train`` arguments of one trial."""
+    """The ``fedlora train`` (or ``fedlora sim``) arguments of one trial."""
     spec = DATASETS[dataset]
-    argv = ["train", "--data", str(data), "--text-column", spec.text_column]
-    argv += ["--label-column", spec.label_column, "--eval-fraction", str(fraction)]
+    if trial.federated:
+        argv = ["sim", "--data", str(data), "--test-fraction", str(fraction), *FEDERATION]
+        argv += ["--rounds", str(trial.epochs), "--local-epochs", "1"]
+        argv += ["--server-lr", f"{trial.server_lr:g}"]
+    else:
+        argv = ["train", "--data", str(data), "--eval-fraction", str(fraction)]
+        argv += ["--epochs", str(trial.epochs)]
+    argv += ["--text-column", spec.text_column, "--label-column", spec.label_column]
     if spec.labels:
         argv += ["--labels", ",".join(spec.labels)]
     if spec.label_descriptions and trial.head == "prototype":
         argv += ["--label-descriptions", str(data_root / spec.label_descriptions)]
     argv += ["--head", trial.head, "--lora", trial.lora, "--lora-rank", str(trial.rank)]
+    argv += ["--lora-alpha", str(trial.alpha)]
     if trial.head == "prototype":
         argv += ["--prototype-norm", f"{trial.prototype_norm:g}"]
     argv += ["--target-modules", trial.target_modules, "--epsilon", f"{epsilon:g}"]
-    argv += ["--clip-norm", f"{trial.clip_norm:g}", "--epochs", str(trial.epochs)]
+    argv += ["--clip-norm", f"{trial.clip_norm:g}"]
+    argv += ["--encoder-dropout", f"{trial.encoder_dropout:g}", "--lr-schedule", trial.lr_schedule]
     argv += ["--batch-size", str(trial.batch_size), "--lr", f"{trial.lr:g}", "--bf16", "off"]
-    return [*argv, "--seed", "0", "--out", str(run_dir), "--quiet"]
+    argv += ["--seed", "0", "--out", str(run_dir)]
+    return argv if trial.federated else [*argv, "--quiet"]
+
+
+def _central_scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Validation scores, σ and ε from ``fedlora train``'s ``metrics.json``."""
+    return {
+        "validation_accuracy": metrics["accuracy"],
+        "validation_macro_f1": metrics["macro_f1"],
+        "initial_accuracy": metrics["initial_accuracy"],
+        "epsilon": metrics["epsilon"],
+        "noise_multiplier": metrics["noise_multiplier"],
+        "steps": metrics["steps"],
+    }
+
+
+def _federated_scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Validation scores of the final global model and the largest ε any node spent (from
+    its ledger) from ``fedlora sim``'s outputs; σ and steps differ per node, so none."""
+    final = metrics["final"]
+    epsilons = [float(e) for e in (final.get("epsilon") or {}).values() if e is not None]
+    return {
+        "validation_accuracy": final["accuracy"],
+        "validation_macro_f1": final["macro_f1"],
+        "initial_accuracy": metrics["initial"]["accuracy"],
+        "epsilon": max(epsilons) if epsilons else None,
+        "noise_multiplier": None,
+        "steps": None,
+    }
 
 
 def run_trial(argv: list[str], folder: Path, trial: Trial, dataset: str) -> dict[str, Any]:
@@ -144,45 +240,60 @@ def run_trial(argv: list[str], folder: Path, trial: Trial, dataset: str) -> dict
         "dataset": dataset,
         "trial": dataclasses.asdict(trial),
         "command": "fedlora " + shlex.join(argv),
-        "validation_accuracy": metrics["accuracy"],
-        "validation_macro_f1": metrics["macro_f1"],
-        "initial_accuracy": metrics["initial_accuracy"],
-        "epsilon": metrics["epsilon"],
-        "noise_multiplier": metrics["noise_multiplier"],
-        "steps": metrics["steps"],
+        **(_federated_scores(metrics) if trial.federated else _central_scores(metrics)),
         "wall_seconds": time.perf_counter() - started,
     }
     write_json_atomic(folder / RESULT_FILE, result)
     return result
 
 
+def _optional(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of finished trials, best validation accuracy first per data set."""
+    """Markdown table of finished trials, best validation accuracy first per data set (σ
+    differs per node in a federated trial, whose ε is the largest any node spent)."""
     lines = [
-        "| data set | lr | batch | clip | epochs | rank | targets | head | class-vector norm | "
-        "LoRA | σ | ε | before | val. accuracy | val. macro-F1 | wall |",
-        "|" + "---|" * 16,
+        "| data set | mode | lr | batch | clip | epochs | rank | α | targets | head | "
+        "class-vector norm | LoRA | encoder dropout | lr schedule | server lr | σ | ε | "
+        "before | val. accuracy | val. macro-F1 | wall |",
+        "|" + "---|" * 21,
     ]
     ordered = sorted(results, key=lambda r: (r["dataset"], -r["validation_accuracy"]))
     for r in ordered:
-        t = r["trial"]
+        t = {**dataclasses.asdict(BASE), **r["trial"]}  # older results lack newer axes
         lines.append(
-            f"| {r['dataset']} | {t['lr']:g} | {t['batch_size']} | {t['clip_norm']:g} | "
-            f"{t['epochs']} | {t['rank']} | {t['target_modules']} | {t['head']} | "
-            f"{t.get('prototype_norm', 1.0):g} | {t['lora']} | "
-            f"{r['noise_multiplier']:.3f} | {r['epsilon']:.3f} | {r['initial_accuracy']:.4f} | "
+            f"| {r['dataset']} | {'federated' if t['federated'] else 'central'} | "
+            f"{t['lr']:g} | {t['batch_size']} | {t['clip_norm']:g} | "
+            f"{t['epochs']} | {t['rank']} | {t['alpha']} | {t['target_modules']} | {t['head']} | "
+            f"{t['prototype_norm']:g} | {t['lora']} | {t['encoder_dropout']:g} | "
+            f"{t['lr_schedule']} | "
+            f"{t['server_lr']:g} | {_optional(r['noise_multiplier'], '.3f')} | "
+            f"{_optional(r['epsilon'], '.3f')} | {r['initial_accuracy']:.4f} | "
             f"{r['validation_accuracy']:.4f} | {r['validation_macro_f1']:.4f} | "
             f"{r['wall_seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines)
 
 
+def finished_results(out: Path, datasets: Sequence[str]) -> list[dict[str, Any]]:
+    """Every finished trial's result under ``out`` for ``datasets``, whatever its base."""
+    found = (
+        read_result(path) for d in datasets for path in sorted(out.glob(f"{d}/*/*/{RESULT_FILE}"))
+    )
+    return [result for result in found if result is not None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="One-at-a-time DP hyper-parameter sweep of `fedlora train` around a base "
-        "setting, on a validation share of the training data (never the test split).",
-        epilog=f"base: {BASE}\naxes: {AXES}\n\nexample:\n"
-        "  python bench/sweep.py --datasets banking77 --axes lr target_modules",
+        description="One-at-a-time DP hyper-parameter sweep of `fedlora train` (or, with "
+        "--federated, `fedlora sim`) around a base setting, on a validation share of the "
+        "training data (never the test split).",
+        epilog=f"base: {BASE}\nfederated base: {FEDERATED_BASE}, {' '.join(FEDERATION)}\n"
+        f"axes: {AXES}\n\nexamples:\n"
+        "  python bench/sweep.py --datasets banking77 --axes lr target_modules\n"
+        "  python bench/sweep.py --federated --axes batch_size server_lr",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--datasets", nargs="+", default=["banking77"], choices=DATASETS)
@@ -193,12 +304,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    parser.add_argument(
+        "--federated",
+        action="store_true",
+        help="sweep `fedlora sim` (10 nodes, Dirichlet α=0.5, one local epoch per round); "
+        "the server holds out the validation share",
+    )
+    parser.add_argument(
+        "--base",
+        nargs="*",
+        default=[],
+        metavar="AXIS=VALUE",
+        help="sweep around a changed base, e.g. --base server_lr=3 batch_size=128",
+    )
     parser.add_argument("--list", action="store_true", help="print the trials and stop")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print the table of every finished trial under --out (all axes and bases) and stop",
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        print(format_table(finished_results(args.out, args.datasets)))
+        return 0
+    try:
+        base = parse_base(args.base, FEDERATED_BASE if args.federated else BASE)
+    except ValueError as error:
+        parser.error(str(error))
     results = []
     for dataset in args.datasets:
         data = training_file(dataset, args.data_root, args.out)
-        for trial in trials(args.axes):
+        for trial in trials(args.axes, base):
             folder = args.out / dataset / f"eps{args.epsilon:g}" / trial.name()
             call = trial_argv(
                 trial,
@@ -221,9 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     table = format_table(results)
     print(table)
-    write_text_atomic(args.out / "sweep.md", table + "\n")
+    stem = "sweep-federated" if args.federated else "sweep"
+    write_text_atomic(args.out / f"{stem}.md", table + "\n")
     write_json_atomic(
-        args.out / "sweep.json", {"base": dataclasses.asdict(BASE), "trials": results}
+        args.out / f"{stem}.json", {"base": dataclasses.asdict(base), "trials": results}
     )
     return 0
 

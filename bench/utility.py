@@ -40,7 +40,9 @@ training have their own expected batch size (``central_batch_size``, ``node_batc
 Poisson under DP), as a node holds only a tenth of the data. Both commands use the same Adam
 learning rate (``learning_rate``, passed as ``--lr``), ``max_length`` and, in DP cells, the
 same per-sample clip norm (``clip_norm``, passed as ``--clip-norm``; fedlora clips only under
-DP). Server learning rate 1, uniform weighting, and ``--bf16 off`` by default (bfloat16
+DP). Federated cells pass the server learning rate as ``--server-lr``: ``server_learning_rate``,
+or when that is ``None`` fedlora's own default for the cell (3 under DP, 1 without); uniform
+weighting, and ``--bf16 off`` by default (bfloat16
 autocast, which ``auto`` turns on for this CPU, measured about 5× slower than float32 here).
 δ = 1e-5 for every DP cell (passed as ``--delta 1e-5``; it equals fedlora's default
 min(1e-5, 1/N) here since no node holds 10^5 records). DP sampling and noise come from OS
@@ -137,6 +139,7 @@ from typing import Any
 
 import numpy as np
 
+from client.run_settings import SERVER_LR_UNDER_DP, SERVER_LR_WITHOUT_DP
 from client.training_config import ModelConfig
 from privacy.durable_io import write_json_atomic, write_text_atomic
 from sim.splits import stratified_split
@@ -294,6 +297,9 @@ class Plan:
         Expected batch size of each node's local training in ``fedlora sim``.
     learning_rate
         Adam learning rate (``--lr``) of both commands.
+    server_learning_rate
+        ``--server-lr`` of the federated cells (the global adapter moves by this times the
+        mean node delta); ``None``: fedlora's default for the cell's DP setting.
     clip_norm
         Per-sample clipping norm (``--clip-norm``) of the DP cells.
     bf16
@@ -315,6 +321,7 @@ class Plan:
     central_batch_size: int
     node_batch_size: int
     learning_rate: float
+    server_learning_rate: float | None
     clip_norm: float
     bf16: str
     nodes: int = 10
@@ -336,8 +343,9 @@ FULL_PLAN = Plan(
     rounds=3,
     local_epochs=1,
     central_batch_size=256,
-    node_batch_size=64,
+    node_batch_size=128,  # with server lr 3: bench/sweep.py --federated (docs/results.md)
     learning_rate=0.01,
+    server_learning_rate=None,
     clip_norm=1.0,
     bf16="off",
 )
@@ -558,6 +566,13 @@ def _flags(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
     return [text for flag, value in pairs for text in (flag, value) if text is not None]
 
 
+def server_learning_rate(plan: Plan, cell: Cell) -> float:
+    """The server learning rate of a federated cell: the plan's, else fedlora's default."""
+    if plan.server_learning_rate is not None:
+        return plan.server_learning_rate
+    return SERVER_LR_WITHOUT_DP if cell.epsilon is None else SERVER_LR_UNDER_DP
+
+
 def cell_argv(
     cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: int, run_dir: Path
 ) -> list[str]:
@@ -578,6 +593,7 @@ def cell_argv(
         ("--partition", cell.partition),
         ("--rounds", str(plan.rounds)),
         ("--local-epochs", str(plan.local_epochs)),
+        ("--server-lr", _number(server_learning_rate(plan, cell))),
     ]
     model = [("--model", plan.model), ("--head", cell.head), ("--lora", cell.lora)]
     if pool.label_descriptions is not None and cell.head == "prototype":
@@ -987,6 +1003,12 @@ def _data_text(name: str, pool: Pool) -> str:
 MODEL = ModelConfig()
 
 
+def _server_lr_text(plan: Plan) -> str:
+    if plan.server_learning_rate is not None:
+        return f"{plan.server_learning_rate:g}"
+    return f"{SERVER_LR_UNDER_DP:g} under DP, {SERVER_LR_WITHOUT_DP:g} without"
+
+
 def settings_text(plan: Plan, pools: dict[str, Pool]) -> str:
     """One paragraph on what every cell shares."""
     data = "; ".join(_data_text(name, pool) for name, pool in pools.items())
@@ -997,7 +1019,8 @@ def settings_text(plan: Plan, pools: dict[str, Pool]) -> str:
         f"norm {MODEL.prototype_norm:g}), max_length {plan.max_length}, Adam lr "
         f"{plan.learning_rate:g}, bf16 {plan.bf16}; federated: {plan.nodes} nodes, "
         f"{plan.nodes_per_round} per round, {plan.rounds} round(s) × {plan.local_epochs} "
-        f"local epoch(s), batch size {plan.node_batch_size}, SecAgg+ on; centralized: "
+        f"local epoch(s), batch size {plan.node_batch_size}, server lr "
+        f"{_server_lr_text(plan)}, SecAgg+ on; centralized: "
         f"{plan.central_epochs} epoch(s), batch size {plan.central_batch_size}; DP: "
         f"δ = {DELTA:g}, PRV accountant, clip norm {plan.clip_norm:g}. Data: {data}."
     )

@@ -241,6 +241,8 @@ def _run_steps(
                         optimizer.step()  # clips and sums this chunk's examples only
                         optimizer.zero_grad(set_to_none=True)  # keeps the running sum
                 _grad_samples_to_float32(params)
+                for group in optimizer.param_groups:
+                    group["lr"] = train.learning_rate_at(steps, planned_steps)
                 optimizer.step()
                 steps += 1
                 if progress is not None:

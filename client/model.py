@@ -75,10 +75,14 @@ def _tiny_config() -> Any:
     )
 
 
-def _load_encoder(model: str, seed: int) -> nn.Module:
-    """The encoder without its pooler: the classifier mean-pools the hidden states, so a
-    LoRA adapter on the pooler (``--target-modules ...,dense`` matches ``pooler.dense``)
-    would get no gradient, which Opacus rejects."""
+def _load_encoder(model: str, seed: int, dropout: float) -> nn.Module:
+    """The encoder without its pooler, every dropout layer set to ``dropout``.
+
+    The classifier mean-pools the hidden states, so a LoRA adapter on the pooler
+    (``--target-modules ...,dense`` matches ``pooler.dense``) would get no gradient, which
+    Opacus rejects. Setting each ``nn.Dropout``'s ``p`` also reaches attention dropout, which
+    transformers reads from the layer at call time.
+    """
     from transformers import AutoModel
 
     if model == TINY_MODEL:
@@ -88,6 +92,9 @@ def _load_encoder(model: str, seed: int) -> nn.Module:
         encoder = AutoModel.from_pretrained(resolve_model_source(model))
     if isinstance(getattr(encoder, "pooler", None), nn.Module):
         encoder.pooler = None  # BERT-style encoders skip a None pooler
+    for module in encoder.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = dropout
     return encoder
 
 
@@ -159,7 +166,7 @@ def build_model(
 
     if len(labels) < 2:
         raise ValueError(f"need >= 2 labels, got {list(labels)}")
-    encoder = _load_encoder(config.model, config.seed)
+    encoder = _load_encoder(config.model, config.seed, config.encoder_dropout)
     hidden_size = int(getattr(encoder.config, "hidden_size"))  # noqa: B009
     lora_config = LoraConfig(
         r=config.rank,

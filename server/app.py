@@ -57,6 +57,7 @@ def run_federation(
     offset = 0
     config: dict[str, object] = {
         **settings.to_run_config(),
+        "server-learning-rate-in-force": settings.global_learning_rate,
         "secure_aggregation": secure_aggregation_record(settings),
     }
     if settings.resume:

@@ -283,7 +283,7 @@ class DeltaFedAvg(FedAvg):
             w = np.asarray(weights, dtype=np.float64) / sum(weights)
         else:
             w = np.full(len(deltas), 1.0 / len(deltas))
-        lr = self.settings.server_learning_rate
+        lr = self.settings.global_learning_rate
         for i, name in enumerate(self.names):
             mean = sum(wk * d[i].astype(np.float64) for wk, d in zip(w, deltas, strict=True))
             self.global_state[name] = (self.global_state[name] + lr * mean).astype(np.float32)

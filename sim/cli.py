@@ -16,10 +16,22 @@ from pathlib import Path
 
 from client.data_loading import DataConfig, DataValidationError
 from client.redaction import RedactionConfig
-from client.run_settings import RUN_DEFAULTS, RunSettings
+from client.run_settings import (
+    RUN_DEFAULTS,
+    SERVER_LR_UNDER_DP,
+    SERVER_LR_WITHOUT_DP,
+    RunSettings,
+)
 from client.secure_aggregation_settings import MIN_SECURE_NODES, SecureAggregationConfig
 from client.synthetic import SyntheticConfig
-from client.training_config import HEADS, LORA_VARIANTS, DPConfig, ModelConfig, TrainConfig
+from client.training_config import (
+    HEADS,
+    LORA_VARIANTS,
+    LR_SCHEDULES,
+    DPConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from sim.audit_commands import add_audit_parsers, cmd_audit, cmd_node
 from sim.certs_commands import add_certs_parsers, cmd_certs
 from sim.partitioning import PartitionScheme
@@ -103,6 +115,23 @@ def _add_model_group(p: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--max-length", type=int, default=defaults.max_length, help="tokens kept per text"
     )
+    model.add_argument(
+        "--encoder-dropout",
+        type=float,
+        default=defaults.encoder_dropout,
+        help="dropout inside the encoder while training (the checkpoint was trained with 0.1; "
+        "DP noise already regularises, see docs/results.md)",
+    )
+
+
+def _add_lr_schedule(group: argparse._ArgumentGroup, default: str) -> None:
+    group.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=default,
+        help="linear: decay the learning rate linearly to lr/steps over each training run "
+        "(a node's round)",
+    )
 
 
 def _model_config_from_args(args: argparse.Namespace) -> ModelConfig:
@@ -116,6 +145,7 @@ def _model_config_from_args(args: argparse.Namespace) -> ModelConfig:
         target_modules=_split(args.target_modules),
         max_length=args.max_length,
         seed=args.seed,
+        encoder_dropout=args.encoder_dropout,
     )
 
 
@@ -170,6 +200,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument(
         "--lr", type=float, default=TRAIN_DEFAULTS.learning_rate, help="Adam learning rate"
     )
+    _add_lr_schedule(opt, TRAIN_DEFAULTS.lr_schedule)
     opt.add_argument(
         "--bf16",
         choices=("auto", "on", "off"),
@@ -252,7 +283,13 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
         "(default: natural:institution on the embedded data, else dirichlet:0.5)",
     )
     fed.add_argument("--weighting", choices=("uniform", "examples"), default="uniform")
-    fed.add_argument("--server-lr", type=float, default=1.0, help="server learning rate")
+    fed.add_argument(
+        "--server-lr",
+        type=float,
+        help="server learning rate: the global adapter moves by this times the mean node "
+        f"delta (default: {SERVER_LR_UNDER_DP:g} under DP, {SERVER_LR_WITHOUT_DP:g} with "
+        "--no-dp; measured in docs/results.md)",
+    )
     fed.add_argument("--round-timeout", type=float, default=3600.0, help="seconds per round")
     held = fed.add_mutually_exclusive_group()
     held.add_argument(
@@ -330,6 +367,7 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
         default=RUN_DEFAULTS.train.learning_rate,
         help="local Adam learning rate",
     )
+    _add_lr_schedule(opt, RUN_DEFAULTS.train.lr_schedule)
     opt.add_argument(
         "--bf16",
         choices=("auto", "on", "off"),
@@ -400,6 +438,7 @@ def train_job_from_args(args: argparse.Namespace) -> TrainJobConfig:
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
+            lr_schedule=args.lr_schedule,
             bf16=bf16,
             noise_seed=args.noise_seed,
         ),
@@ -475,6 +514,7 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
             epochs=args.local_epochs,
             batch_size=args.batch_size,
             learning_rate=args.lr,
+            lr_schedule=args.lr_schedule,
             bf16={"auto": None, "on": True, "off": False}[args.bf16],
         ),
         dp=DPConfig(

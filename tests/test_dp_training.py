@@ -171,3 +171,26 @@ def test_lora_on_every_dense_layer_trains_under_dp(toy_data) -> None:  # type: i
     train = TrainConfig(epochs=1, batch_size=32, bf16=False, noise_seed=1)
     report = train_adapter(model, toy_data, train, DPConfig(noise_multiplier=1.0))
     assert report.steps == plan_steps(len(toy_data), 32, 1).steps
+
+
+def test_linear_lr_schedule_decays_to_lr_over_steps_and_reaches_the_optimizer(
+    toy_data,  # type: ignore[no-untyped-def]
+) -> None:
+    linear = TrainConfig(learning_rate=0.04, lr_schedule="linear")
+    assert [linear.learning_rate_at(step, 4) for step in range(5)] == [0.04, 0.03, 0.02, 0.01, 0.01]
+    assert linear.learning_rate_at(0, 1) == 0.04
+    assert TrainConfig(learning_rate=0.04).learning_rate_at(3, 4) == 0.04
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, linear"):
+        TrainConfig(lr_schedule="cosine")
+    dp = DPConfig(noise_multiplier=0.0)  # σ = 0: deterministic, so only the schedule differs
+    trained = {}
+    for schedule in ("constant", "linear", "linear"):
+        model = build_model(ModelConfig(model="tiny", seed=0), LABELS3)
+        config = TrainConfig(epochs=2, batch_size=32, noise_seed=3, lr_schedule=schedule)
+        train_adapter(model, toy_data, config, dp)
+        state = adapter_state(model)
+        if schedule in trained:
+            assert all(np.array_equal(state[n], trained[schedule][n]) for n in state)
+        trained[schedule] = state
+    constant, decayed = trained["constant"], trained["linear"]
+    assert any(not np.allclose(constant[n], decayed[n]) for n in constant)

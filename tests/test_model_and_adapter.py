@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from client.adapter_io import load_adapter, save_adapter
 from client.model import (
@@ -83,6 +84,24 @@ def test_adapter_directory_round_trip(tmp_path) -> None:  # type: ignore[no-unty
     # no base-model weights on disk
     assert all(is_adapter_parameter(n) for n in saved.state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_encoder_dropout_reaches_every_dropout_layer(dropout: float) -> None:
+    """``encoder_dropout`` sets hidden and attention dropout alike: with 0 a training-mode
+    forward pass is deterministic, with 0.3 two passes differ; evaluation never drops out."""
+    model = build_model(ModelConfig(model="tiny", encoder_dropout=dropout), LABELS3)
+    rates = {m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {dropout}
+    ids = torch.randint(1000, 2000, (4, 12))
+    mask = torch.ones_like(ids)
+    model.train()
+    first, second = model(ids, mask), model(ids, mask)
+    assert torch.equal(first, second) is (dropout == 0.0)
+    model.eval()
+    assert torch.equal(model(ids, mask), model(ids, mask))
+    with pytest.raises(ValueError, match="encoder_dropout"):
+        ModelConfig(encoder_dropout=1.0)
 
 
 def test_model_config_validation() -> None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from client.round_plan import RoundPlan
-from client.run_settings import RunSettings, node_settings_from_config, settings_from_run_config
+from client.run_settings import (
+    SERVER_LR_UNDER_DP,
+    SERVER_LR_WITHOUT_DP,
+    RunSettings,
+    node_settings_from_config,
+    settings_from_run_config,
+)
+from client.training_config import DPConfig
 from sim.partitioning import PartitionScheme, partition_records
 from sim.splits import stratified_split
 
@@ -122,3 +130,18 @@ def test_pyproject_run_config_trains_with_the_dataclass_defaults() -> None:
     assert parsed.train == defaults.train
     assert parsed.dp == defaults.dp
     assert parsed.secure_aggregation == defaults.secure_aggregation
+    assert parsed.server_learning_rate == defaults.server_learning_rate
+
+
+def test_server_learning_rate_defaults_by_dp_and_survives_the_run_config() -> None:
+    """Unset, the server step is the measured one for the run's DP setting; set, it is kept."""
+    base = RunSettings(rounds=1, labels=("a", "b"))
+    assert base.global_learning_rate == SERVER_LR_UNDER_DP
+    no_dp = dataclasses.replace(base, dp=DPConfig(enabled=False))
+    assert no_dp.global_learning_rate == SERVER_LR_WITHOUT_DP
+    chosen = dataclasses.replace(no_dp, server_learning_rate=2.0)
+    assert chosen.global_learning_rate == 2.0
+    for settings in (base, no_dp, chosen):
+        assert settings_from_run_config(settings.to_run_config()) == settings
+    with pytest.raises(ValueError, match="server_learning_rate must be > 0, got -1"):
+        dataclasses.replace(base, server_learning_rate=-1.0)

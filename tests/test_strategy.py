@@ -38,6 +38,8 @@ GLOBAL = {"a": np.zeros((2, 2), np.float32), "b": np.ones(3, np.float32)}
 
 
 def _strategy(tmp_path, **changes) -> DeltaFedAvg:  # type: ignore[no-untyped-def]
+    # server lr 1 unless a test says otherwise: the global moves by exactly the mean delta
+    changes = {"server_learning_rate": 1.0, **changes}
     settings = RunSettings(rounds=2, labels=("x", "y"), expected_nodes=3, **changes)
     strategy = DeltaFedAvg(settings, dict(GLOBAL), "digest", RunRecord(tmp_path, {}), None)
     strategy.configure_fit(1, ndarrays_to_parameters(list(GLOBAL.values())), _Manager())

@@ -15,6 +15,7 @@ from types import ModuleType
 
 import pytest
 
+from client.run_settings import SERVER_LR_UNDER_DP, SERVER_LR_WITHOUT_DP
 from sim.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +96,7 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     assert Path(args.test_data).resolve() == pool.test_path.resolve()
     assert "--test-fraction" not in fed
     assert (args.head, args.batch_size, args.rounds) == ("prototype", plan.node_batch_size, 3)
+    assert plan.server_learning_rate is None and args.server_lr == SERVER_LR_WITHOUT_DP
 
     medical = utility.DATASETS["medical_abstracts"]
     pool = utility.load_pool(medical, plan, data_root, data_root / "out")
@@ -102,6 +104,7 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     fed = utility.cell_argv(utility.CELLS_BY_NAME["fed-dp8"], medical, plan, pool, 0, run_dir)
     args = _parsed(fed)
     assert args.test_data is None and args.test_fraction == medical.test_fraction
+    assert args.server_lr == SERVER_LR_UNDER_DP  # fedlora's default under DP, spelled out
 
 
 def test_quick_subsamples_both_files_and_writes_them(data_root: Path) -> None:
