@@ -120,7 +120,7 @@ def _add_model_group(p: argparse.ArgumentParser) -> None:
         type=float,
         default=defaults.encoder_dropout,
         help="dropout inside the encoder while training (the checkpoint was trained with 0.1; "
-        "DP noise already regularises, see docs/results.md)",
+        "0 measured the same under DP, docs/results.md)",
     )
 
 
