@@ -139,7 +139,11 @@ from typing import Any
 
 import numpy as np
 
-from client.run_settings import SERVER_LR_UNDER_DP, SERVER_LR_WITHOUT_DP
+from client.run_settings import (
+    SERVER_LR_UNDER_DP,
+    SERVER_LR_WITHOUT_DP,
+    default_server_learning_rate,
+)
 from client.training_config import ModelConfig
 from privacy.durable_io import write_json_atomic, write_text_atomic
 from sim.splits import stratified_split
@@ -570,7 +574,7 @@ def server_learning_rate(plan: Plan, cell: Cell) -> float:
     """The server learning rate of a federated cell: the plan's, else fedlora's default."""
     if plan.server_learning_rate is not None:
         return plan.server_learning_rate
-    return SERVER_LR_WITHOUT_DP if cell.epsilon is None else SERVER_LR_UNDER_DP
+    return default_server_learning_rate(cell.epsilon is not None)
 
 
 def cell_argv(

@@ -67,6 +67,11 @@ SERVER_LR_UNDER_DP = 3.0
 SERVER_LR_WITHOUT_DP = 1.0
 
 
+def default_server_learning_rate(dp: bool) -> float:
+    """The server learning rate of a run that sets none, by whether it trains under DP."""
+    return SERVER_LR_UNDER_DP if dp else SERVER_LR_WITHOUT_DP
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Everything about a federated run that the server and every node must agree on.
@@ -184,7 +189,7 @@ class RunSettings:
         """
         if self.server_learning_rate is not None:
             return self.server_learning_rate
-        return SERVER_LR_UNDER_DP if self.dp.enabled else SERVER_LR_WITHOUT_DP
+        return default_server_learning_rate(self.dp.enabled)
 
     def to_run_config(self) -> dict[str, ConfigValue]:
         """The flat Flower run config that :func:`settings_from_run_config` reads back."""
