@@ -58,8 +58,10 @@ class Trial:
     prototype_norm: float = 1.0
     encoder_dropout: float = 0.1
     lr_schedule: str = "constant"
+    weight_average: float = 0.0
     federated: bool = False
     server_lr: float = 1.0
+    keep_optimizer_state: bool = False
 
     def name(self) -> str:
         """A directory name that says every setting."""
@@ -72,6 +74,8 @@ class Trial:
             + (f"-slr{self.server_lr:g}" if self.server_lr != 1.0 else "")
             + (f"-a{self.alpha}" if self.alpha != 16 else "")
             + (f"-{self.lr_schedule}" if self.lr_schedule != "constant" else "")
+            + (f"-wa{self.weight_average:g}" if self.weight_average else "")
+            + ("-keepopt" if self.keep_optimizer_state else "")
         )
 
 
@@ -94,16 +98,27 @@ AXES: dict[str, tuple[Any, ...]] = {
     "prototype_norm": (10.0, 0.3),
     "encoder_dropout": (0.0,),
     "server_lr": (3.0, 10.0),
+    "keep_optimizer_state": (True,),
     "lr_schedule": ("linear",),
+    "weight_average": (0.9, 0.97),
 }
 #: Axes that only a federated trial has.
-FEDERATED_AXES = ("server_lr",)
+FEDERATED_AXES = ("server_lr", "keep_optimizer_state")
 #: A federated trial's values where they differ from ``AXES`` (a node holds ~900 records).
 FEDERATED_AXIS_VALUES: dict[str, tuple[Any, ...]] = {
     "batch_size": (128, 256),
     "lr": (0.02, 0.03),
     "server_lr": (3.0, 5.0, 10.0),
 }
+
+
+def _parse_value(kind: type, text: str) -> Any:
+    """``text`` as a value of type ``kind`` (a bool is true/false)."""
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(text)
+        return text.lower() == "true"
+    return kind(text)
 
 
 def parse_base(pairs: Sequence[str], base: Trial) -> Trial:
@@ -121,7 +136,7 @@ def parse_base(pairs: Sequence[str], base: Trial) -> Trial:
         if not sep or axis not in fields or axis == "federated":
             raise ValueError(f"--base {pair!r}: expected axis=value with an axis of {list(AXES)}")
         try:
-            changes[axis] = fields[axis](text)
+            changes[axis] = _parse_value(fields[axis], text)
         except ValueError:
             raise ValueError(
                 f"--base {pair!r}: {text!r} is not a {fields[axis].__name__}"
@@ -184,6 +199,8 @@ def trial_argv(
         argv = ["sim", "--data", str(data), "--test-fraction", str(fraction), *FEDERATION]
         argv += ["--rounds", str(trial.epochs), "--local-epochs", "1"]
         argv += ["--server-lr", f"{trial.server_lr:g}"]
+        if trial.keep_optimizer_state:
+            argv += ["--keep-optimizer-state"]
     else:
         argv = ["train", "--data", str(data), "--eval-fraction", str(fraction)]
         argv += ["--epochs", str(trial.epochs)]
@@ -199,6 +216,7 @@ def trial_argv(
     argv += ["--target-modules", trial.target_modules, "--epsilon", f"{epsilon:g}"]
     argv += ["--clip-norm", f"{trial.clip_norm:g}"]
     argv += ["--encoder-dropout", f"{trial.encoder_dropout:g}", "--lr-schedule", trial.lr_schedule]
+    argv += ["--weight-average", f"{trial.weight_average:g}"]
     argv += ["--batch-size", str(trial.batch_size), "--lr", f"{trial.lr:g}", "--bf16", "off"]
     argv += ["--seed", "0", "--out", str(run_dir)]
     return argv if trial.federated else [*argv, "--quiet"]
@@ -256,9 +274,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     differs per node in a federated trial, whose ε is the largest any node spent)."""
     lines = [
         "| data set | mode | lr | batch | clip | epochs | rank | α | targets | head | "
-        "class-vector norm | LoRA | encoder dropout | lr schedule | server lr | σ | ε | "
+        "class-vector norm | LoRA | encoder dropout | lr schedule | weight average | server lr | "
+        "keeps Adam | σ | ε | "
         "before | val. accuracy | val. macro-F1 | wall |",
-        "|" + "---|" * 21,
+        "|" + "---|" * 23,
     ]
     ordered = sorted(results, key=lambda r: (r["dataset"], -r["validation_accuracy"]))
     for r in ordered:
@@ -268,8 +287,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             f"{t['lr']:g} | {t['batch_size']} | {t['clip_norm']:g} | "
             f"{t['epochs']} | {t['rank']} | {t['alpha']} | {t['target_modules']} | {t['head']} | "
             f"{t['prototype_norm']:g} | {t['lora']} | {t['encoder_dropout']:g} | "
-            f"{t['lr_schedule']} | "
-            f"{t['server_lr']:g} | {_optional(r['noise_multiplier'], '.3f')} | "
+            f"{t['lr_schedule']} | {t['weight_average']:g} | "
+            f"{t['server_lr']:g} | {'yes' if t['keep_optimizer_state'] else 'no'} | "
+            f"{_optional(r['noise_multiplier'], '.3f')} | "
             f"{_optional(r['epsilon'], '.3f')} | {r['initial_accuracy']:.4f} | "
             f"{r['validation_accuracy']:.4f} | {r['validation_macro_f1']:.4f} | "
             f"{r['wall_seconds'] / 60:.1f} min |"

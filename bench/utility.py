@@ -181,6 +181,9 @@ class DatasetSpec:
     label_descriptions
         Public label-name file passed as ``--label-descriptions`` (relative to the data root):
         the text the prototype head's class vectors start from when labels are codes.
+    written_descriptions
+        Public descriptions written for this study from the label names alone (relative to
+        the repository; no record was read to write them), used by the ``desc`` cells.
     """
 
     name: str
@@ -191,6 +194,7 @@ class DatasetSpec:
     test_fraction: float | None
     test_source: str | None = None
     label_descriptions: str | None = None
+    written_descriptions: str | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -204,6 +208,7 @@ DATASETS: dict[str, DatasetSpec] = {
             None,
             None,
             test_source="banking77/test.csv",
+            written_descriptions="bench/label_descriptions/banking77.json",
         ),
         DatasetSpec(
             "medical_abstracts",
@@ -237,6 +242,9 @@ class Cell:
     head
         ``--head``: ``prototype`` (class vectors from the label names' embeddings, a
         zero-shot prior; the default) or ``linear`` (random, no prior).
+    descriptions
+        The prototype head starts from the data set's ``written_descriptions`` instead of
+        its label names (only data sets that have them run such a cell).
     """
 
     name: str
@@ -245,6 +253,7 @@ class Cell:
     partition: str = "dirichlet:0.5"
     lora: str = "ffa"
     head: str = "prototype"
+    descriptions: bool = False
 
     def describe(self) -> str:
         """A human-readable description of the setting."""
@@ -252,7 +261,13 @@ class Cell:
         lora = "FFA-LoRA" if self.lora == "ffa" else "LoRA"
         dp = "no DP" if self.epsilon is None else f"DP ε={self.epsilon:g}"
         head = ", no prior (linear head)" if self.head == "linear" else ""
+        if self.descriptions:
+            head = ", prior from written label descriptions"
         return f"{where}, {lora}, {dp}{head}"
+
+    def runs_on(self, spec: DatasetSpec) -> bool:
+        """Whether this cell applies to the data set (a ``desc`` cell needs descriptions)."""
+        return not self.descriptions or spec.written_descriptions is not None
 
     def _partition_text(self) -> str:
         kind, _, alpha = self.partition.partition(":")
@@ -276,6 +291,9 @@ CELLS: tuple[Cell, ...] = (
     Cell("fed-lora-dp8", True, 8.0, lora="lora"),
     Cell("fed-iid-dp8", True, 8.0, partition="iid"),
     Cell("fed-linear-dp8", True, 8.0, head="linear"),
+    Cell("central-desc-dp1", False, 1.0, descriptions=True),
+    Cell("central-desc-dp8", False, 8.0, descriptions=True),
+    Cell("fed-desc-dp8", True, 8.0, descriptions=True),
 )
 CELLS_BY_NAME = {cell.name: cell for cell in CELLS}
 QUICK_CELLS: tuple[str, ...] = ("central-nodp", "central-dp8", "fed-dp8")
@@ -600,8 +618,13 @@ def cell_argv(
         ("--server-lr", _number(server_learning_rate(plan, cell))),
     ]
     model = [("--model", plan.model), ("--head", cell.head), ("--lora", cell.lora)]
-    if pool.label_descriptions is not None and cell.head == "prototype":
-        model.append(("--label-descriptions", _path_arg(pool.label_descriptions)))
+    descriptions = pool.label_descriptions
+    if cell.descriptions:
+        if spec.written_descriptions is None:
+            raise ValueError(f"cell {cell.name}: data set {spec.name} has no written descriptions")
+        descriptions = REPO / spec.written_descriptions
+    if descriptions is not None and cell.head == "prototype":
+        model.append(("--label-descriptions", _path_arg(descriptions)))
     model.append(("--max-length", str(plan.max_length)))
     dp: list[tuple[str, str | None]] = [("--no-dp", None)]
     if cell.epsilon is not None:
@@ -621,11 +644,18 @@ def cell_argv(
 
 
 def cell_settings(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: int) -> dict:
-    """What makes a result comparable: a finished result under other settings is stale."""
+    """What makes a result comparable: a finished result under other settings is stale.
+
+    Written descriptions count only for the cells that use them (results from before they
+    existed stay comparable)."""
+    cell_fields = dataclasses.asdict(cell)
+    dataset_fields = dataclasses.asdict(spec)
+    if not cell.descriptions:
+        del cell_fields["descriptions"], dataset_fields["written_descriptions"]
     return {
         "plan": dataclasses.asdict(plan),
-        "cell": dataclasses.asdict(cell),
-        "dataset": dataclasses.asdict(spec),
+        "cell": cell_fields,
+        "dataset": dataset_fields,
         "data": {
             "source": spec.source,
             "source_sha256": pool.sha256,
@@ -1232,7 +1262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, spec in DATASETS.items()
         if (args.data_root / spec.source).is_file() or name in args.datasets
     }
-    selected = [(DATASETS[d], CELLS_BY_NAME[c]) for d in args.datasets for c in args.cells]
+    selected = [
+        (DATASETS[d], CELLS_BY_NAME[c])
+        for d in args.datasets
+        for c in args.cells
+        if CELLS_BY_NAME[c].runs_on(DATASETS[d])
+    ]
     if args.list:
         print_plan(selected, plan, pools, args)
         return 0

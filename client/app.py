@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
@@ -31,19 +31,37 @@ mask_generator.install()  # SecAgg+ masks from ChaCha20, never Flower's 32-bit M
 
 #: Flower reports a failed node without saying which one; errors carry the name behind this.
 NODE_ERROR_PREFIX = "[fedlora node "
+#: Key of the node's Adam state in its Flower context (``keep-optimizer-state``).
+OPTIMIZER_STATE_KEY = "fedlora-optimizer-state"
 
 
 class AdapterClient(NumPyClient):
     """Trains the adapter on one node's data; returns only the adapter delta.
 
     With ``weighting = "uniform"`` the node reports 1 as its example count, so its dataset
-    size never leaves the node through Flower's plaintext fit result.
+    size never leaves the node through Flower's plaintext fit result. ``state`` is the node's
+    Flower context state, which keeps its Adam moments across rounds when the run asks for it.
     """
 
-    def __init__(self, settings: NodeSettings, run: RunSettings, run_id: str) -> None:
+    def __init__(
+        self, settings: NodeSettings, run: RunSettings, run_id: str, state: RecordDict
+    ) -> None:
         self.settings = settings
         self.run = run
         self.run_id = run_id
+        self.state = state
+
+    def _kept_optimizer_state(self) -> dict[str, np.ndarray] | None:
+        record = self.state.array_records.get(OPTIMIZER_STATE_KEY)
+        if not self.run.keep_optimizer_state or record is None:
+            return None
+        return {key: array.numpy() for key, array in record.items()}
+
+    def _keep_optimizer_state(self, arrays: dict[str, np.ndarray]) -> None:
+        if self.run.keep_optimizer_state and arrays:
+            self.state[OPTIMIZER_STATE_KEY] = ArrayRecord(
+                {key: Array(value) for key, value in arrays.items()}
+            )
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Any]
@@ -57,7 +75,8 @@ class AdapterClient(NumPyClient):
             plan = RoundPlan.from_config(config)
             _check_mask_generator(plan)
             node = load_node(self.settings, self.run)
-            outcome = run_round(node, plan, parameters, self.run_id)
+            outcome = run_round(node, plan, parameters, self.run_id, self._kept_optimizer_state())
+            self._keep_optimizer_state(outcome.optimizer_state)
         except Exception as exc:
             raise RuntimeError(f"{NODE_ERROR_PREFIX}{self.settings.node_name}] {exc}") from exc
         if outcome.declined:
@@ -120,7 +139,7 @@ def make_client_app(run: RunSettings | None = None) -> ClientApp:
 
     def client_fn(context: Context) -> Client:
         settings, node = settings_of(context)
-        return AdapterClient(node, settings, str(context.run_id)).to_client()
+        return AdapterClient(node, settings, str(context.run_id), context.state).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[make_secure_aggregation_mod(settings_of)])
 

@@ -17,17 +17,20 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.batching import Batch, TokenizedTexts, make_batch
 from client.model import unwrap_model
+from client.optimizer_state import export_adam_state, import_adam_state
 from client.training_config import DPConfig, TrainConfig
+from client.weight_average import ParameterAverage
 from privacy.accounting import (
     DPEvent,
     calibrate_noise_multiplier,
@@ -54,6 +57,7 @@ class TrainingReport:
 
     ``events`` are the DP events of this run only; ``epsilon`` and ``epsilon_rdp`` compose
     ``prior_events`` and ``events``. Without DP, ``epsilon`` is ``inf`` and events are empty.
+    ``optimizer_state`` is Adam's state after the run (:mod:`client.optimizer_state`).
     """
 
     dp: bool
@@ -70,6 +74,7 @@ class TrainingReport:
     seconds: float
     bf16: bool
     events: tuple[DPEvent, ...] = field(default_factory=tuple)
+    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def plan_steps(num_records: int, batch_size: int, epochs: int) -> StepPlan:
@@ -208,10 +213,12 @@ def _run_steps(
     DP-SGD, Opacus clips every example's gradient and sums them over the physical batches
     (``signal_skip_step``, as its ``BatchMemoryManager`` does), then adds noise once and
     divides by the expected batch size: the step is that of the whole batch. Without DP the
-    losses are weighted by each chunk's share, so the gradient is the batch mean.
+    losses are weighted by each chunk's share, so the gradient is the batch mean. With
+    ``train.weight_average`` the trained parameters end as the average of the iterates.
     """
     private = hasattr(optimizer, "signal_skip_step")  # an Opacus DPOptimizer
     params = [p for p in model.parameters() if p.requires_grad]
+    average = ParameterAverage(params, train.weight_average) if train.weight_average else None
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
     steps, loss_sum, loss_count = 0, 0.0, 0
@@ -244,9 +251,13 @@ def _run_steps(
                 for group in optimizer.param_groups:
                     group["lr"] = train.learning_rate_at(steps, planned_steps)
                 optimizer.step()
+                if average is not None:
+                    average.update()
                 steps += 1
                 if progress is not None:
                     progress(steps, planned_steps, loss_sum / max(loss_count, 1))
+    if average is not None:
+        average.copy_to_parameters()
     return steps, loss_sum / max(loss_count, 1)
 
 
@@ -258,6 +269,7 @@ def train_adapter(
     *,
     prior_events: Sequence[DPEvent] = (),
     progress: ProgressCallback | None = None,
+    optimizer_state: Mapping[str, np.ndarray] | None = None,
 ) -> TrainingReport:
     """Train the adapter of ``model`` in place on ``data``.
 
@@ -275,6 +287,9 @@ def train_adapter(
         taken into account when calibrating σ).
     progress
         Optional per-step callback.
+    optimizer_state
+        Adam's state from an earlier run on the same parameters (a node's previous round;
+        see :mod:`client.optimizer_state`); ``None`` starts a fresh Adam.
 
     Returns
     -------
@@ -292,7 +307,10 @@ def train_adapter(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=train.learning_rate)
+    adam = torch.optim.Adam(params, lr=train.learning_rate)
+    if optimizer_state:
+        import_adam_state(adam, params, optimizer_state)
+    optimizer: torch.optim.Optimizer = adam
     loader: DataLoader[tuple[int]] = DataLoader(
         IndexDataset(n), batch_size=train.batch_size, shuffle=not dp.enabled, generator=generator
     )
@@ -347,4 +365,5 @@ def train_adapter(
         seconds=time.perf_counter() - started,
         bf16=use_bf16,
         events=events,
+        optimizer_state=export_adam_state(adam, params),
     )

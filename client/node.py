@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from client.model import (
     load_adapter_state,
     load_tokenizer,
 )
+from client.optimizer_state import carried_steps
 from client.round_plan import RoundPlan
 from client.run_settings import NodeSettings, RunSettings
 from client.training_config import ModelConfig
@@ -77,6 +78,8 @@ class RoundOutcome:
     delta: list[np.ndarray]
     metrics: dict[str, bool | int | float | str]
     declined: bool = False
+    #: Adam's state after this round's training, for the next round (empty if declined).
+    optimizer_state: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def ledger_paths(settings: NodeSettings, run: RunSettings, fingerprint: str) -> tuple[Path, Path]:
@@ -222,9 +225,16 @@ def _calibrated_sigma(
 
 
 def run_round(
-    node: Node, plan: RoundPlan, global_arrays: list[np.ndarray], run_id: str
+    node: Node,
+    plan: RoundPlan,
+    global_arrays: list[np.ndarray],
+    run_id: str,
+    optimizer_state: Mapping[str, np.ndarray] | None = None,
 ) -> RoundOutcome:
     """Train one round from the global adapter and return the delta (spend recorded first).
+
+    ``optimizer_state`` is the Adam state this node kept from its previous round (see
+    :attr:`client.run_settings.RunSettings.keep_optimizer_state`); ``None`` starts afresh.
 
     Raises
     ------
@@ -265,7 +275,9 @@ def run_round(
         if sigma is None:
             return _decline(node, DECLINE_BUDGET, reason)
         dp = dataclasses.replace(dp, noise_multiplier=sigma, delta=delta)
-    report = train_adapter(node.model, node.data, train, dp, prior_events=prior)
+    report = train_adapter(
+        node.model, node.data, train, dp, prior_events=prior, optimizer_state=optimizer_state
+    )
     if dp.enabled:
         assert node.ledger is not None
         (event,) = report.events
@@ -280,7 +292,10 @@ def run_round(
         )
     after = adapter_state(node.model, trainable_only=True)
     delta_arrays = [after[name] - received[name] for name in node.trainable_names]
-    return RoundOutcome(delta_arrays, _round_metrics(node, report, budget))
+    metrics = _round_metrics(node, report, budget)
+    if node.run.keep_optimizer_state:
+        metrics["optimizer_steps_carried"] = carried_steps(optimizer_state or {})
+    return RoundOutcome(delta_arrays, metrics, optimizer_state=report.optimizer_state)
 
 
 def _round_metrics(

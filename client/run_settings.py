@@ -95,6 +95,10 @@ class RunSettings:
         Global update = global + server_learning_rate · mean(delta); ``None`` (the
         default) means :data:`SERVER_LR_UNDER_DP` under DP and
         :data:`SERVER_LR_WITHOUT_DP` without (see :attr:`global_learning_rate`).
+    keep_optimizer_state
+        Each node keeps its Adam moments from one round to the next (in Flower's node
+        context; they never leave the node and, computed from the noisy gradients, cost no
+        privacy) instead of starting every round with a fresh Adam.
     weighting
         ``uniform`` (each node counts once; the default, it reveals no example counts) or
         ``examples`` (FedAvg weighting by local example counts).
@@ -130,6 +134,7 @@ class RunSettings:
     train: TrainConfig = TrainConfig(epochs=1, batch_size=32)  # per round, on a node's share
     dp: DPConfig = DPConfig()
     server_learning_rate: float | None = None
+    keep_optimizer_state: bool = False
     weighting: str = "uniform"
     round_timeout: float = 3600.0
     out_dir: str = ""
@@ -215,6 +220,7 @@ class RunSettings:
             "batch-size": self.train.batch_size,
             "learning-rate": self.train.learning_rate,
             "lr-schedule": self.train.lr_schedule,
+            "weight-average": self.train.weight_average,
             "bf16": {None: "auto", True: "on", False: "off"}[self.train.bf16],
             "noise-seed": -1 if self.train.noise_seed is None else self.train.noise_seed,
             "dp": self.dp.enabled,
@@ -222,6 +228,7 @@ class RunSettings:
             "target-delta": self.dp.delta or 0.0,
             "clip-norm": self.dp.clip_norm,
             "server-learning-rate": self.server_learning_rate or 0.0,
+            "keep-optimizer-state": self.keep_optimizer_state,
             "weighting": self.weighting,
             "round-timeout": self.round_timeout,
             "out-dir": self.out_dir,
@@ -286,6 +293,7 @@ def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
             batch_size=_int(config, "batch-size", RUN_DEFAULTS.train.batch_size),
             learning_rate=_float(config, "learning-rate", RUN_DEFAULTS.train.learning_rate),
             lr_schedule=_str(config, "lr-schedule", RUN_DEFAULTS.train.lr_schedule),
+            weight_average=_float(config, "weight-average", RUN_DEFAULTS.train.weight_average),
             bf16={"auto": None, "on": True, "off": False}[bf16_flag],
             noise_seed=None if noise_seed < 0 else noise_seed,
         ),
@@ -296,6 +304,9 @@ def settings_from_run_config(config: Mapping[str, ConfigValue]) -> RunSettings:
             clip_norm=_float(config, "clip-norm", RUN_DEFAULTS.dp.clip_norm),
         ),
         server_learning_rate=_float(config, "server-learning-rate", 0.0) or None,
+        keep_optimizer_state=_bool(
+            config, "keep-optimizer-state", RUN_DEFAULTS.keep_optimizer_state
+        ),
         weighting=_str(config, "weighting", "uniform"),
         round_timeout=_float(config, "round-timeout", 3600.0),
         out_dir=_str(config, "out-dir", ""),

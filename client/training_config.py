@@ -173,6 +173,11 @@ class TrainConfig:
         ``"constant"`` or ``"linear"``: decay the learning rate linearly from
         ``learning_rate`` at the first step to ``learning_rate / steps`` at the last one
         of this training run (a node's round).
+    weight_average
+        Decay of an exponential moving average of the trainable parameters over the steps
+        of one training run (:class:`client.weight_average.ParameterAverage`); the trained
+        model is that average. 0 turns it off and keeps the last iterate. The average is
+        post-processing of the noisy iterates: it costs no privacy.
     """
 
     epochs: int = 3
@@ -182,6 +187,7 @@ class TrainConfig:
     noise_seed: int | None = None
     physical_batch_tokens: int = 2048
     lr_schedule: str = "constant"
+    weight_average: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -194,6 +200,8 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
             )
+        if not (0 <= self.weight_average < 1):
+            raise ValueError(f"weight_average must be in [0, 1), got {self.weight_average}")
         if self.physical_batch_tokens < 1:
             raise ValueError(
                 f"physical_batch_tokens must be >= 1, got {self.physical_batch_tokens}"

@@ -111,6 +111,8 @@ def run_federation(
 def released_statistics(settings: RunSettings) -> list[str]:
     """What each node's fit reply discloses besides its (masked) adapter delta."""
     released = ["node name", "epsilon (PRV, RDP)", "noise multiplier", "steps"]
+    if settings.keep_optimizer_state:
+        released.append("steps already in the node's kept Adam state")
     if settings.send_train_loss:
         released.append("mean train loss (not covered by DP)")
     if settings.weighting == "examples":

@@ -227,6 +227,11 @@ class DeltaFedAvg(FedAvg):
                 "epsilon_rdp": metrics.get("epsilon_rdp"),
                 "noise_multiplier": metrics.get("noise_multiplier"),
                 "steps": metrics.get("steps"),
+                **(
+                    {"optimizer_steps_carried": metrics["optimizer_steps_carried"]}
+                    if "optimizer_steps_carried" in metrics
+                    else {}
+                ),
                 "bytes_sent": self._upload_bytes(arrays),
                 "bytes_received": payload,
             }

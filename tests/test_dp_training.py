@@ -194,3 +194,36 @@ def test_linear_lr_schedule_decays_to_lr_over_steps_and_reaches_the_optimizer(
         trained[schedule] = state
     constant, decayed = trained["constant"], trained["linear"]
     assert any(not np.allclose(constant[n], decayed[n]) for n in constant)
+
+
+def test_weight_average_releases_the_bias_corrected_average_of_the_iterates(
+    toy_data,  # type: ignore[no-untyped-def]
+) -> None:
+    decay = 0.6
+    model = build_model(ModelConfig(model="tiny", seed=0), LABELS3)
+    head = next(p for n, p in model.named_parameters() if p.requires_grad and "head" in n)
+    iterates: list[np.ndarray] = []
+    config = TrainConfig(epochs=2, batch_size=32, noise_seed=3, weight_average=decay)
+    report = train_adapter(
+        model,
+        toy_data,
+        config,
+        DPConfig(noise_multiplier=1.0),
+        progress=lambda *_: iterates.append(head.detach().numpy().copy()),
+    )
+    assert len(iterates) == report.steps > 2
+    weights = np.array([decay ** (report.steps - 1 - t) for t in range(report.steps)])
+    expected = np.tensordot(weights / weights.sum(), np.stack(iterates), axes=1)
+    np.testing.assert_allclose(head.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(head.detach().numpy(), iterates[-1])
+    # Post-processing: the same events, so the same ε as the last iterate's run.
+    last = build_model(ModelConfig(model="tiny", seed=0), LABELS3)
+    plain = train_adapter(
+        last,
+        toy_data,
+        TrainConfig(epochs=2, batch_size=32, noise_seed=3),
+        DPConfig(noise_multiplier=1.0),
+    )
+    assert plain.events == report.events and plain.epsilon == report.epsilon
+    with pytest.raises(ValueError, match=r"weight_average must be in \[0, 1\), got 1"):
+        TrainConfig(weight_average=1.0)

@@ -84,6 +84,12 @@ def test_stratified_split_keeps_every_class() -> None:
 def test_run_config_round_trip_and_precise_errors() -> None:
     settings = RunSettings(rounds=4, labels=("a", "b", "c"), expected_nodes=5, nodes_per_round=3)
     assert settings_from_run_config(settings.to_run_config()) == settings
+    changed = dataclasses.replace(
+        settings,
+        keep_optimizer_state=not settings.keep_optimizer_state,
+        train=dataclasses.replace(settings.train, weight_average=0.9),
+    )
+    assert settings_from_run_config(changed.to_run_config()) == changed
     config = settings.to_run_config()
     with pytest.raises(ValueError, match="'lora-rank' must be int, got str"):
         settings_from_run_config({**config, "lora-rank": "eight"})
@@ -131,6 +137,7 @@ def test_pyproject_run_config_trains_with_the_dataclass_defaults() -> None:
     assert parsed.dp == defaults.dp
     assert parsed.secure_aggregation == defaults.secure_aggregation
     assert parsed.server_learning_rate == defaults.server_learning_rate
+    assert parsed.keep_optimizer_state == defaults.keep_optimizer_state
 
 
 def test_server_learning_rate_defaults_by_dp_and_survives_the_run_config() -> None:

@@ -59,7 +59,9 @@ def finished_run(tmp_path_factory):  # type: ignore[no-untyped-def]
     before = _children()
     logs: list[str] = []
     # the real all-MiniLM-L6-v2: a random tiny encoder cannot show learning under DP in 2 rounds
-    config = _config(out, model=ModelConfig(max_length=64))
+    # nodes keep their Adam state across rounds here; the other simulations start each round
+    # with a fresh Adam (the default)
+    config = _config(out, model=ModelConfig(max_length=64), keep_optimizer_state=True)
     prepared = prepare_simulation(config, log=logs.append)
     record = launch_simulation(prepared, log=logs.append)
     return out, prepared, record, logs, before
@@ -95,6 +97,10 @@ def test_simulation_trains_and_accounts(finished_run) -> None:  # type: ignore[n
         masked = 8 * (1 + payload // 4)  # SecAgg+ sends int64 ring elements (+ a weight)
         assert all(n["bytes_received"] == payload for n in node_rounds)
         assert all(n["bytes_sent"] == masked for n in node_rounds)
+        # round 2 started from the node's round-1 Adam, kept in its Flower context via Ray
+        first, second = node_rounds
+        assert first["optimizer_steps_carried"] == 0
+        assert second["optimizer_steps_carried"] == first["steps"] > 0
     secure = json.loads((out / "metrics.json").read_text())["config"]["secure_aggregation"]
     assert secure["enabled"] and secure["mask_generator"] == MASK_GENERATOR
     assert (secure["shares"], secure["threshold"]) == (3, 2)

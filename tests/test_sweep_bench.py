@@ -56,6 +56,9 @@ def test_federated_trial_runs_sim_for_epochs_rounds_with_a_server_held_share(
     trial = dataclasses.replace(sweep.FEDERATED_BASE, server_lr=3.0)
     args = build_parser().parse_args(_argv(trial, tmp_path))
     assert args.command == "sim" and args.test_fraction == 0.1 and args.test_data is None
+    assert args.keep_optimizer_state is False
+    keeping = dataclasses.replace(trial, keep_optimizer_state=True)
+    assert build_parser().parse_args(_argv(keeping, tmp_path)).keep_optimizer_state is True
     assert (args.nodes, args.nodes_per_round, args.partition) == (10, 10, "dirichlet:0.5")
     assert (args.rounds, args.local_epochs, args.server_lr) == (trial.epochs, 1, 3.0)
     assert args.batch_size == sweep.FEDERATED_BASE.batch_size
@@ -88,5 +91,9 @@ def test_base_overrides_are_typed_and_bad_ones_are_named() -> None:
     assert [t.batch_size for t in sweep.trials(["batch_size"], base)] == [128, 256]
     with pytest.raises(ValueError, match="'batch_size=big': 'big' is not a int"):
         sweep.parse_base(["batch_size=big"], sweep.BASE)
+    assert sweep.parse_base(["keep_optimizer_state=false"], base).keep_optimizer_state is False
+    assert sweep.parse_base(["keep_optimizer_state=True"], base).keep_optimizer_state is True
+    with pytest.raises(ValueError, match="'keep_optimizer_state=1': '1' is not a bool"):
+        sweep.parse_base(["keep_optimizer_state=1"], base)
     with pytest.raises(ValueError, match="'warmup=3': expected axis=value"):
         sweep.parse_base(["warmup=3"], sweep.BASE)

@@ -100,6 +100,13 @@ def test_train_without_dp_learns(tmp_path, bank_csv) -> None:  # type: ignore[no
     assert metrics["accuracy"] > 0.3  # 10 classes: chance is 0.1
 
 
+def test_zero_noise_is_reported_as_no_privacy(tmp_path, bank_csv, capsys) -> None:  # type: ignore[no-untyped-def]
+    """σ = 0 (clipping only, to measure what the noise costs) ends with ε = ∞, not a crash."""
+    metrics = _train(tmp_path, bank_csv, "--noise-multiplier", "0")
+    assert metrics["dp"] is True and metrics["epsilon"] is None
+    assert "ε = ∞: σ = 0 adds no noise" in capsys.readouterr().out
+
+
 def test_separate_eval_file_uses_the_training_label_set(tmp_path, bank_csv) -> None:  # type: ignore[no-untyped-def]
     lines = bank_csv.read_text(encoding="utf-8").splitlines(keepends=True)
     eval_path = tmp_path / "eval.csv"

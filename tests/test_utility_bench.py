@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -97,8 +98,21 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     assert "--test-fraction" not in fed
     assert (args.head, args.batch_size, args.rounds) == ("prototype", plan.node_batch_size, 3)
     assert plan.server_learning_rate is None and args.server_lr == SERVER_LR_WITHOUT_DP
+    assert args.label_descriptions is None  # the plain prior: BANKING77's label names
+
+    described = utility.CELLS_BY_NAME["central-desc-dp8"]
+    args = _parsed(utility.cell_argv(described, banking, plan, pool, 0, run_dir))
+    written = utility.REPO / "bench" / "label_descriptions" / "banking77.json"
+    assert Path(args.label_descriptions).resolve() == written
 
     medical = utility.DATASETS["medical_abstracts"]
+    assert described.runs_on(banking) and not described.runs_on(medical)
+    # the written descriptions are a setting of the cells that use them only
+    plain = utility.cell_settings(utility.CELLS_BY_NAME["central-dp8"], banking, plan, pool, 0)
+    assert "descriptions" not in plain["cell"]
+    assert "written_descriptions" not in plain["dataset"]
+    with_text = utility.cell_settings(described, banking, plan, pool, 0)
+    assert with_text["dataset"]["written_descriptions"] == banking.written_descriptions
     pool = utility.load_pool(medical, plan, data_root, data_root / "out")
     assert pool.test_path is None and pool.test_fraction == medical.test_fraction
     fed = utility.cell_argv(utility.CELLS_BY_NAME["fed-dp8"], medical, plan, pool, 0, run_dir)
@@ -176,3 +190,13 @@ def test_rows_carry_the_cell_settings_and_accuracy_before_training() -> None:
     header = table.splitlines()[0].split()
     assert header.index("before") == header.index("accuracy") - 1
     assert "0.150" in table.splitlines()[2]
+
+
+def test_written_banking77_descriptions_cover_exactly_its_label_set() -> None:
+    categories = utility.DEFAULT_DATA_ROOT / "banking77" / "categories.json"
+    if not categories.is_file():
+        pytest.skip(f"{categories} is absent outside the workplace layout")
+    written = utility.REPO / "bench" / "label_descriptions" / "banking77.json"
+    descriptions = json.loads(written.read_text(encoding="utf-8"))
+    assert set(descriptions) == set(json.loads(categories.read_text(encoding="utf-8")))
+    assert all(text.strip() for text in descriptions.values())
