@@ -30,7 +30,8 @@ from sim.plots import pyplot_agg
 
 REPO = Path(__file__).resolve().parents[1]
 DP_COLOURS = {"none": "tab:blue", "hooks": "tab:orange", "ghost": "tab:green"}
-EXTRA_SETTINGS = ("head", "prior")  # settings that may split a series, when a cell has them
+#: Settings that may split a series, when a cell has them (a flag appears by its name alone).
+EXTRA_SETTINGS = ("head", "prior", "descriptions")
 
 
 @dataclass
@@ -133,6 +134,11 @@ def _setting(key: str, row: dict[str, Any], results: Sequence[dict[str, Any]]) -
     return row.get(key)
 
 
+def _setting_text(key: str, value: Any) -> str:
+    """``"head prototype"``; a flag that is on is its name alone (``"descriptions"``)."""
+    return key if value is True else f"{key} {value}"
+
+
 def load_study(utility_json: Path) -> list[StudyCell]:
     """The finished cells of a utility study (``result.json`` files are read beside it).
 
@@ -162,8 +168,11 @@ def load_study(utility_json: Path) -> list[StudyCell]:
         description = row.get("description") or _setting("description", row, results) or ""
         parts = [p for p in description.split(", ") if not p.startswith(("DP ", "no DP"))]
         extra = [(k, _setting(k, row, results)) for k in EXTRA_SETTINGS]
-        extra = [(k, v) for k, v in extra if v is not None]
-        parts += [f"{k} {v}" for k, v in extra if str(v) not in description]
+        extra = [(k, v) for k, v in extra if v is not None and v is not False]
+        for key, value in extra:
+            said = key if value is True else str(value)  # what the description may say
+            if said not in description:
+                parts.append(_setting_text(key, value))
         initial = [r["initial_accuracy"] for r in results if r.get("initial_accuracy") is not None]
         if not initial and row.get("initial_accuracy") is not None:
             initial = [row["initial_accuracy"]]
@@ -172,7 +181,11 @@ def load_study(utility_json: Path) -> list[StudyCell]:
         stated = re.search(r"DP ε=(\d+(?:\.\d*)?)", description)  # when no result.json
         epsilon = float(stated.group(1)) if epsilon is None and stated else epsilon
         names = (row["dataset"], row["cell"], description or row["cell"], ", ".join(parts))
-        scores = (row["accuracy"], row.get("accuracy_std"), ", ".join(f"{k} {v}" for k, v in extra))
+        scores = (
+            row["accuracy"],
+            row.get("accuracy_std"),
+            ", ".join(_setting_text(*kv) for kv in extra),
+        )
         mean = statistics.fmean(initial) if initial else None
         cells.append(StudyCell(*names, epsilon, *scores, mean, results))
     return cells
