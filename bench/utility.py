@@ -2,7 +2,7 @@
 zero-shot prior cost or buy in accuracy.
 
 Why it exists: issue #6 asks what the privacy machinery costs in model quality. This trains
-the default model (all-MiniLM-L6-v2 with FFA-LoRA) on two real data sets in sixteen settings
+the default model (all-MiniLM-L6-v2 with FFA-LoRA) on two real data sets in up to 22 settings
 ("cells") and reports test accuracy and macro-F1, before and after training, next to the
 privacy actually spent, so that docs/results.md can say what an ε buys and at what price. It
 only *wraps* the ``fedlora`` commands: every cell is one ``fedlora train`` or ``fedlora sim``
@@ -27,26 +27,33 @@ use 10 nodes with a Dirichlet α=0.5 label skew, all nodes sampled every round a
   and with ε = 1, 3, 8;
 - ``fed-lora-dp8``: as ``fed-dp8`` with plain LoRA;
 - ``fed-iid-dp8``: as ``fed-dp8`` with an IID partition;
-- ``fed-linear-dp8``: as ``fed-dp8`` with the linear head.
+- ``fed-linear-dp8``: as ``fed-dp8`` with the linear head;
+- ``central-desc-dp1``, ``central-desc-dp8``, ``fed-desc-dp8``: the prior from a data set's
+  written label descriptions (data sets that have them);
+- ``central-dp8-x2``, ``fed-nodp-x2``, ``fed-dp8-x2``: twice the passes over the data (6
+  epochs, 6 rounds) at the same ε, the federated pair at node batch 256: what more, noisier
+  steps buy (``Cell.epoch_factor``, ``Cell.node_batch_size``).
 
 ``fed-dp8`` is thus the FFA-LoRA, Dirichlet and prototype arm of three comparisons at ε=8,
 and ``central-dp8`` that of two.
 
 The shared settings are the fields of :data:`FULL_PLAN` (one place to change them; ``--list``
-and ``utility.md`` print the values in force). Every cell sees the same number of passes over
-the data: ``fedlora sim`` runs ``rounds`` rounds of ``local_epochs`` local epochs on every node
-and ``fedlora train`` runs ``rounds × local_epochs`` epochs. Centralized and node-local
-training have their own expected batch size (``central_batch_size``, ``node_batch_size``;
-Poisson under DP), as a node holds only a tenth of the data. Both commands use the same Adam
-learning rate (``learning_rate``, passed as ``--lr``), ``max_length`` and, in DP cells, the
-same per-sample clip norm (``clip_norm``, passed as ``--clip-norm``; fedlora clips only under
-DP). Federated cells pass the server learning rate as ``--server-lr``: ``server_learning_rate``,
-or when that is ``None`` fedlora's own default for the cell (3 under DP, 1 without); uniform
-weighting, and ``--bf16 off`` by default (bfloat16
-autocast, which ``auto`` turns on for this CPU, measured about 5× slower than float32 here).
-δ = 1e-5 for every DP cell (passed as ``--delta 1e-5``; it equals fedlora's default
-min(1e-5, 1/N) here since no node holds 10^5 records). DP sampling and noise come from OS
-entropy (the library default), so a rerun with the same seed differs slightly in its DP cells.
+and ``utility.md`` print the values in force). Every cell but the ``-x2`` ones sees the same
+number of passes over the data: ``fedlora sim`` runs ``rounds`` rounds of ``local_epochs``
+local epochs on every node and ``fedlora train`` runs ``rounds × local_epochs`` epochs.
+Centralized and node-local training have their own expected batch size (``central_batch_size``,
+``node_batch_size``; Poisson under DP), as a node holds only a tenth of the data; a data set
+whose Dirichlet nodes cannot all hold the plan's node batch caps it
+(``DatasetSpec.max_node_batch_size``). Both commands use the same Adam learning rate
+(``learning_rate``, passed as ``--lr``), ``max_length`` and, in DP cells, the same per-sample
+clip norm (``clip_norm``, passed as ``--clip-norm``; fedlora clips only under DP). Federated
+cells pass the server learning rate as ``--server-lr``: ``server_learning_rate``, or when that
+is ``None`` fedlora's own default for the cell (3 under DP, 1 without); uniform weighting, and
+``--bf16 off`` by default (bfloat16 autocast, which ``auto`` turns on for this CPU, measured
+about 5× slower than float32 here). δ = 1e-5 for every DP cell (passed as ``--delta 1e-5``; it
+equals fedlora's default min(1e-5, 1/N) here since no node holds 10^5 records). DP sampling and
+noise come from OS entropy (the library default), so a rerun with the same seed differs
+slightly in its DP cells.
 
 Data (read from ``--data-root``, default ``../shared/data``; nothing is copied for the full
 study). A data set with a test file of its own is tested on it (``fedlora train --eval FILE``,
@@ -184,6 +191,10 @@ class DatasetSpec:
     written_descriptions
         Public descriptions written for this study from the label names alone (relative to
         the repository; no record was read to write them), used by the ``desc`` cells.
+    max_node_batch_size
+        The largest node batch its federated cells use (``None``: the plan's). A node must
+        hold at least one batch, and a small data set's Dirichlet nodes cannot all hold the
+        plan's (:func:`node_batch_size`).
     """
 
     name: str
@@ -195,6 +206,7 @@ class DatasetSpec:
     test_source: str | None = None
     label_descriptions: str | None = None
     written_descriptions: str | None = None
+    max_node_batch_size: int | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -218,6 +230,10 @@ DATASETS: dict[str, DatasetSpec] = {
             ("1", "2", "3", "4", "5"),
             0.2,
             label_descriptions="medical_abstracts/medical_tc_labels.csv",
+            # 2,310 training records in 10 Dirichlet(0.5) nodes over 5 classes: batch 128
+            # fills every node in 2 of 10 seeds, 64 in 10 of 10 but leaves a 67-record
+            # node at q = 0.96; at 32 the smallest of seed 0 holds 42 (q = 0.76).
+            max_node_batch_size=32,
         ),
     )
 }
@@ -245,6 +261,12 @@ class Cell:
     descriptions
         The prototype head starts from the data set's ``written_descriptions`` instead of
         its label names (only data sets that have them run such a cell).
+    epoch_factor
+        Passes over the data as a multiple of the plan's (rounds of a federated cell, epochs
+        of a centralized one): longer training at the same ε, hence more noise per step.
+    node_batch_size
+        This cell's node batch instead of the plan's (federated cells; a data set's
+        ``max_node_batch_size`` still caps it).
     """
 
     name: str
@@ -254,6 +276,8 @@ class Cell:
     lora: str = "ffa"
     head: str = "prototype"
     descriptions: bool = False
+    epoch_factor: int = 1
+    node_batch_size: int | None = None
 
     def describe(self) -> str:
         """A human-readable description of the setting."""
@@ -263,7 +287,9 @@ class Cell:
         head = ", no prior (linear head)" if self.head == "linear" else ""
         if self.descriptions:
             head = ", prior from written label descriptions"
-        return f"{where}, {lora}, {dp}{head}"
+        longer = f", {self.epoch_factor}× the epochs" if self.epoch_factor != 1 else ""
+        batch = f", node batch {self.node_batch_size}" if self.node_batch_size else ""
+        return f"{where}, {lora}, {dp}{head}{longer}{batch}"
 
     def runs_on(self, spec: DatasetSpec) -> bool:
         """Whether this cell applies to the data set (a ``desc`` cell needs descriptions)."""
@@ -294,7 +320,14 @@ CELLS: tuple[Cell, ...] = (
     Cell("central-desc-dp1", False, 1.0, descriptions=True),
     Cell("central-desc-dp8", False, 8.0, descriptions=True),
     Cell("fed-desc-dp8", True, 8.0, descriptions=True),
+    # twice the steps at the same ε: federated at the node batch the sweep found best there
+    Cell("central-dp8-x2", False, 8.0, epoch_factor=2),
+    Cell("fed-nodp-x2", True, None, epoch_factor=2, node_batch_size=256),
+    Cell("fed-dp8-x2", True, 8.0, epoch_factor=2, node_batch_size=256),
 )
+#: Cell fields that count in a result's settings only away from their defaults, so results
+#: from before a field existed stay comparable.
+LATER_CELL_FIELDS = ("descriptions", "epoch_factor", "node_batch_size")
 CELLS_BY_NAME = {cell.name: cell for cell in CELLS}
 QUICK_CELLS: tuple[str, ...] = ("central-nodp", "central-dp8", "fed-dp8")
 
@@ -613,7 +646,7 @@ def cell_argv(
         ("--nodes", str(plan.nodes)),
         ("--nodes-per-round", str(plan.nodes_per_round)),
         ("--partition", cell.partition),
-        ("--rounds", str(plan.rounds)),
+        ("--rounds", str(plan.rounds * cell.epoch_factor)),
         ("--local-epochs", str(plan.local_epochs)),
         ("--server-lr", _number(server_learning_rate(plan, cell))),
     ]
@@ -630,7 +663,7 @@ def cell_argv(
     if cell.epsilon is not None:
         dp = [("--epsilon", _number(cell.epsilon)), ("--delta", _number(DELTA))]
         dp.append(("--clip-norm", _number(plan.clip_norm)))
-    batch = plan.node_batch_size if cell.federated else plan.central_batch_size
+    batch = node_batch_size(plan, spec, cell) if cell.federated else plan.central_batch_size
     opt = [("--batch-size", str(batch)), ("--lr", _number(plan.learning_rate))]
     opt += [("--bf16", plan.bf16), ("--seed", str(seed))]
     if cell.federated:
@@ -638,20 +671,39 @@ def cell_argv(
             "sim",
             *_flags([*data, *federation, *model, *dp, *opt, ("--out", _path_arg(run_dir))]),
         ]
-    epochs = [("--epochs", str(plan.central_epochs))]
+    epochs = [("--epochs", str(plan.central_epochs * cell.epoch_factor))]
     out = [("--out", _path_arg(run_dir)), ("--quiet", None)]
     return ["train", *_flags([*data, *model, *dp, *epochs, *opt, *out])]
+
+
+def node_batch_size(plan: Plan, spec: DatasetSpec, cell: Cell | None = None) -> int:
+    """The node batch of a federated cell on ``spec``: the cell's or else the plan's, capped
+    by the data set's."""
+    batch = plan.node_batch_size
+    if cell is not None and cell.node_batch_size is not None:
+        batch = cell.node_batch_size
+    if spec.max_node_batch_size is None:
+        return batch
+    return min(batch, spec.max_node_batch_size)
 
 
 def cell_settings(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: int) -> dict:
     """What makes a result comparable: a finished result under other settings is stale.
 
-    Written descriptions count only for the cells that use them (results from before they
-    existed stay comparable)."""
-    cell_fields = dataclasses.asdict(cell)
+    The fields of :data:`LATER_CELL_FIELDS` count only away from their defaults, written
+    descriptions only for the cells that use them, a data set's node-batch cap only for its
+    federated cells (results from before any of them existed stay comparable)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Cell)}
+    cell_fields = {
+        name: value
+        for name, value in dataclasses.asdict(cell).items()
+        if name not in LATER_CELL_FIELDS or value != defaults[name]
+    }
     dataset_fields = dataclasses.asdict(spec)
     if not cell.descriptions:
-        del cell_fields["descriptions"], dataset_fields["written_descriptions"]
+        del dataset_fields["written_descriptions"]
+    if not cell.federated or spec.max_node_batch_size is None:
+        del dataset_fields["max_node_batch_size"]
     return {
         "plan": dataclasses.asdict(plan),
         "cell": cell_fields,
@@ -834,7 +886,7 @@ def run_cell(
         "run_dir": _path_arg(run_dir),
         "target_epsilon": cell.epsilon,
         **summarise(cell, metrics, run_dir),
-        "planned_rounds": plan.rounds if cell.federated else None,
+        "planned_rounds": plan.rounds * cell.epoch_factor if cell.federated else None,
         "wall_seconds": wall,
         "started": started,
         "finished": _utc_now(),
@@ -880,16 +932,17 @@ def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
     per_token = COST_TRAIN_TOKEN_S[cell.epsilon is not None]
     if cell.lora == "lora":
         per_token *= COST_LORA_FACTOR
+    rounds = plan.rounds * cell.epoch_factor
     if cell.federated:  # each node's batches are drawn from its own share only
-        batch = min(plan.node_batch_size, max(1, train // plan.nodes))
+        batch = min(cell.node_batch_size or plan.node_batch_size, max(1, train // plan.nodes))
     else:
         batch = plan.central_batch_size
     tokens = padded_tokens(pool.words, plan.max_length, batch)
-    seconds = train * plan.central_epochs * tokens * per_token
+    seconds = train * plan.central_epochs * cell.epoch_factor * tokens * per_token
     cpus = max(1, os.cpu_count() or 1)
     if cell.federated:
-        evaluations = plan.rounds + 2  # before training, after each round, final
-        seconds += COST_SIM_OVERHEAD_S + COST_NODE_ROUND_S * plan.nodes * plan.rounds / cpus
+        evaluations = rounds + 2  # before training, after each round, final
+        seconds += COST_SIM_OVERHEAD_S + COST_NODE_ROUND_S * plan.nodes * rounds / cpus
     else:
         evaluations = 2
         seconds += COST_CENTRAL_OVERHEAD_S
@@ -1046,6 +1099,12 @@ def _server_lr_text(plan: Plan) -> str:
 def settings_text(plan: Plan, pools: dict[str, Pool]) -> str:
     """One paragraph on what every cell shares."""
     data = "; ".join(_data_text(name, pool) for name, pool in pools.items())
+    capped = [
+        f"{name}: {node_batch_size(plan, DATASETS[name])}"
+        for name in pools
+        if node_batch_size(plan, DATASETS[name]) != plan.node_batch_size
+    ]
+    node_batch = f"{plan.node_batch_size}" + (f" ({', '.join(capped)})" if capped else "")
     return (
         f"{'--quick: ' if plan.quick else ''}model {plan.model} (FFA-LoRA and the prototype "
         "head, its class vectors starting from the label names' embeddings, unless stated; "
@@ -1053,7 +1112,7 @@ def settings_text(plan: Plan, pools: dict[str, Pool]) -> str:
         f"norm {MODEL.prototype_norm:g}), max_length {plan.max_length}, Adam lr "
         f"{plan.learning_rate:g}, bf16 {plan.bf16}; federated: {plan.nodes} nodes, "
         f"{plan.nodes_per_round} per round, {plan.rounds} round(s) × {plan.local_epochs} "
-        f"local epoch(s), batch size {plan.node_batch_size}, server lr "
+        f"local epoch(s), batch size {node_batch}, server lr "
         f"{_server_lr_text(plan)}, SecAgg+ on; centralized: "
         f"{plan.central_epochs} epoch(s), batch size {plan.central_batch_size}; DP: "
         f"δ = {DELTA:g}, PRV accountant, clip norm {plan.clip_norm:g}. Data: {data}."

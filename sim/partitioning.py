@@ -154,10 +154,21 @@ def partition_records(
         )
     partitioner.dataset = dataset
     width = len(str(num_nodes - 1))
-    parts = [
-        Partition(f"node-{i:0{width}d}", np.asarray(partitioner.load_partition(i)["idx"]))
-        for i in range(num_nodes)
-    ]
+    try:
+        parts = [
+            Partition(f"node-{i:0{width}d}", np.asarray(partitioner.load_partition(i)["idx"]))
+            for i in range(num_nodes)
+        ]
+    except ValueError as error:
+        if scheme.kind != "dirichlet":
+            raise
+        # flwr-datasets gives up after 10 draws and only asks to "update the values of alpha".
+        raise ValueError(
+            f"partition dirichlet:{scheme.alpha:g} could not give each of {num_nodes} nodes at "
+            f"least {min_size} records (one batch) from {len(label_ids)} records in "
+            f"{len(set(label_ids))} classes, in flwr-datasets' 10 draws; lower --batch-size, "
+            "use fewer nodes or a larger alpha"
+        ) from error
     empty = [p.name for p in parts if len(p.indices) == 0]
     if empty:
         raise ValueError(

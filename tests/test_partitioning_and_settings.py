@@ -50,6 +50,18 @@ def test_dirichlet_is_skewed_and_seeded() -> None:
     assert max(np.abs(s - 0.2).sum() for s in shares) > 0.5
 
 
+def test_dirichlet_that_cannot_fill_every_node_says_why() -> None:
+    # 200 records in 10 nodes average 20 each: no Dirichlet draw gives every node 60.
+    with pytest.raises(
+        ValueError,
+        match=r"dirichlet:0.5 could not give each of 10 nodes at least 60 records \(one batch\) "
+        r"from 200 records in 5 classes.*lower --batch-size",
+    ):
+        partition_records(LABELS, PartitionScheme.parse("dirichlet:0.5"), 10, seed=0, min_size=60)
+    parts = partition_records(LABELS, PartitionScheme.parse("dirichlet:0.5"), 4, 0, min_size=20)
+    assert min(len(p.indices) for p in parts) >= 20
+
+
 def test_natural_partition_uses_column_values_and_checks_node_count() -> None:
     values = ["h1"] * 50 + ["h2"] * 100 + ["h3"] * 50
     parts = partition_records(LABELS, PartitionScheme.parse("natural:site"), None, 0, values)

@@ -105,11 +105,30 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     written = utility.REPO / "bench" / "label_descriptions" / "banking77.json"
     assert Path(args.label_descriptions).resolve() == written
 
+    longer = _parsed(
+        utility.cell_argv(utility.CELLS_BY_NAME["fed-dp8-x2"], banking, plan, pool, 0, run_dir)
+    )
+    assert (longer.rounds, longer.local_epochs, longer.batch_size) == (2 * plan.rounds, 1, 256)
+    longer = _parsed(
+        utility.cell_argv(utility.CELLS_BY_NAME["central-dp8-x2"], banking, plan, pool, 0, run_dir)
+    )
+    assert (longer.epochs, longer.batch_size) == (2 * plan.central_epochs, plan.central_batch_size)
+    longer_settings = utility.cell_settings(
+        utility.CELLS_BY_NAME["fed-dp8-x2"], banking, plan, pool, 0
+    )
+    assert (
+        longer_settings["cell"]["epoch_factor"],
+        longer_settings["cell"]["node_batch_size"],
+    ) == (
+        2,
+        256,
+    )
+
     medical = utility.DATASETS["medical_abstracts"]
     assert described.runs_on(banking) and not described.runs_on(medical)
     # the written descriptions are a setting of the cells that use them only
     plain = utility.cell_settings(utility.CELLS_BY_NAME["central-dp8"], banking, plan, pool, 0)
-    assert "descriptions" not in plain["cell"]
+    assert not {"descriptions", "epoch_factor", "node_batch_size"} & set(plain["cell"])
     assert "written_descriptions" not in plain["dataset"]
     with_text = utility.cell_settings(described, banking, plan, pool, 0)
     assert with_text["dataset"]["written_descriptions"] == banking.written_descriptions
@@ -119,6 +138,16 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     args = _parsed(fed)
     assert args.test_data is None and args.test_fraction == medical.test_fraction
     assert args.server_lr == SERVER_LR_UNDER_DP  # fedlora's default under DP, spelled out
+    # its small Dirichlet nodes cannot all hold the plan's node batch: the cap applies,
+    # and counts in the settings of its federated cells only
+    assert args.batch_size == medical.max_node_batch_size < plan.node_batch_size
+    fed_settings = utility.cell_settings(utility.CELLS_BY_NAME["fed-dp8"], medical, plan, pool, 0)
+    assert fed_settings["dataset"]["max_node_batch_size"] == medical.max_node_batch_size
+    central = utility.cell_settings(utility.CELLS_BY_NAME["central-dp8"], medical, plan, pool, 0)
+    assert "max_node_batch_size" not in central["dataset"]
+    assert f"batch size {plan.node_batch_size} (medical_abstracts: 32)" in utility.settings_text(
+        plan, {"medical_abstracts": pool}
+    )
 
 
 def test_quick_subsamples_both_files_and_writes_them(data_root: Path) -> None:
