@@ -116,13 +116,8 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     longer_settings = utility.cell_settings(
         utility.CELLS_BY_NAME["fed-dp8-x2"], banking, plan, pool, 0
     )
-    assert (
-        longer_settings["cell"]["epoch_factor"],
-        longer_settings["cell"]["node_batch_size"],
-    ) == (
-        2,
-        256,
-    )
+    assert longer_settings["cell"]["epoch_factor"] == 2
+    assert longer_settings["cell"]["node_batch_size"] == 256
 
     medical = utility.DATASETS["medical_abstracts"]
     assert described.runs_on(banking) and not described.runs_on(medical)
