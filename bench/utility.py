@@ -702,6 +702,9 @@ def cell_settings(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: i
     dataset_fields = dataclasses.asdict(spec)
     if not cell.descriptions:
         del dataset_fields["written_descriptions"]
+    elif spec.written_descriptions is not None:  # a rewritten file makes its results stale
+        written = (REPO / spec.written_descriptions).read_bytes()
+        dataset_fields["written_descriptions_sha256"] = hashlib.sha256(written).hexdigest()
     if not cell.federated or spec.max_node_batch_size is None:
         del dataset_fields["max_node_batch_size"]
     return {

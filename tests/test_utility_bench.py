@@ -127,6 +127,7 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     assert "written_descriptions" not in plain["dataset"]
     with_text = utility.cell_settings(described, banking, plan, pool, 0)
     assert with_text["dataset"]["written_descriptions"] == banking.written_descriptions
+    assert len(with_text["dataset"]["written_descriptions_sha256"]) == 64
     pool = utility.load_pool(medical, plan, data_root, data_root / "out")
     assert pool.test_path is None and pool.test_fraction == medical.test_fraction
     fed = utility.cell_argv(utility.CELLS_BY_NAME["fed-dp8"], medical, plan, pool, 0, run_dir)
@@ -224,3 +225,9 @@ def test_written_banking77_descriptions_cover_exactly_its_label_set() -> None:
     descriptions = json.loads(written.read_text(encoding="utf-8"))
     assert set(descriptions) == set(json.loads(categories.read_text(encoding="utf-8")))
     assert all(text.strip() for text in descriptions.values())
+    # written from the label names: no sentence may be (or be mistaken for) a record of the data
+    records: set[str] = set()
+    for name in ("train.csv", "test.csv"):
+        with (categories.parent / name).open(encoding="utf-8", newline="") as handle:
+            records |= {row["text"].strip().lower() for row in csv.DictReader(handle)}
+    assert not [k for k, text in descriptions.items() if text.strip().lower() in records]
