@@ -62,6 +62,7 @@ class Trial:
     federated: bool = False
     server_lr: float = 1.0
     keep_optimizer_state: bool = False
+    adapter_clip_share: float = 0.0  # 0: flat clipping (fedlora's default)
 
     def name(self) -> str:
         """A directory name that says every setting."""
@@ -76,6 +77,7 @@ class Trial:
             + (f"-{self.lr_schedule}" if self.lr_schedule != "constant" else "")
             + (f"-wa{self.weight_average:g}" if self.weight_average else "")
             + ("-keepopt" if self.keep_optimizer_state else "")
+            + (f"-acs{self.adapter_clip_share:g}" if self.adapter_clip_share else "")
         )
 
 
@@ -101,9 +103,12 @@ AXES: dict[str, tuple[Any, ...]] = {
     "keep_optimizer_state": (True,),
     "lr_schedule": ("linear",),
     "weight_average": (0.9, 0.97),
+    "adapter_clip_share": (0.25, 0.5),
 }
 #: Axes that only a federated trial has.
 FEDERATED_AXES = ("server_lr", "keep_optimizer_state")
+#: Axes that only a centralized trial has (``fedlora train`` options ``fedlora sim`` lacks).
+CENTRAL_AXES = ("adapter_clip_share",)
 #: A federated trial's values where they differ from ``AXES`` (a node holds ~900 records).
 FEDERATED_AXIS_VALUES: dict[str, tuple[Any, ...]] = {
     "batch_size": (128, 256),
@@ -146,11 +151,12 @@ def parse_base(pairs: Sequence[str], base: Trial) -> Trial:
 
 def trials(axes: Sequence[str], base: Trial = BASE) -> list[Trial]:
     """The base trial, then each value of each selected axis (a federated-only axis is
-    skipped in a centralized sweep; a value equal to the base's is not repeated)."""
+    skipped in a centralized sweep, a centralized-only one in a federated sweep; a value
+    equal to the base's is not repeated)."""
     federated = base.federated
     chosen = [base]
     for axis in axes:
-        if axis in FEDERATED_AXES and not federated:
+        if (axis in FEDERATED_AXES and not federated) or (axis in CENTRAL_AXES and federated):
             continue
         values = FEDERATED_AXIS_VALUES.get(axis, AXES[axis]) if federated else AXES[axis]
         chosen += [
@@ -217,6 +223,10 @@ def trial_argv(
     argv += ["--clip-norm", f"{trial.clip_norm:g}"]
     argv += ["--encoder-dropout", f"{trial.encoder_dropout:g}", "--lr-schedule", trial.lr_schedule]
     argv += ["--weight-average", f"{trial.weight_average:g}"]
+    if trial.adapter_clip_share:
+        if trial.federated:
+            raise ValueError("adapter_clip_share: fedlora sim has no --adapter-clip-share")
+        argv += ["--adapter-clip-share", f"{trial.adapter_clip_share:g}"]
     argv += ["--batch-size", str(trial.batch_size), "--lr", f"{trial.lr:g}", "--bf16", "off"]
     argv += ["--seed", "0", "--out", str(run_dir)]
     return argv if trial.federated else [*argv, "--quiet"]
@@ -275,9 +285,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| data set | mode | lr | batch | clip | epochs | rank | α | targets | head | "
         "class-vector norm | LoRA | encoder dropout | lr schedule | weight average | server lr | "
-        "keeps Adam | σ | ε | "
+        "keeps Adam | adapter clip share | σ | ε | "
         "before | val. accuracy | val. macro-F1 | wall |",
-        "|" + "---|" * 23,
+        "|" + "---|" * 24,
     ]
     ordered = sorted(results, key=lambda r: (r["dataset"], -r["validation_accuracy"]))
     for r in ordered:
@@ -289,6 +299,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             f"{t['prototype_norm']:g} | {t['lora']} | {t['encoder_dropout']:g} | "
             f"{t['lr_schedule']} | {t['weight_average']:g} | "
             f"{t['server_lr']:g} | {'yes' if t['keep_optimizer_state'] else 'no'} | "
+            f"{t['adapter_clip_share'] or 'flat'} | "
             f"{_optional(r['noise_multiplier'], '.3f')} | "
             f"{_optional(r['epsilon'], '.3f')} | {r['initial_accuracy']:.4f} | "
             f"{r['validation_accuracy']:.4f} | {r['validation_macro_f1']:.4f} | "

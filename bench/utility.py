@@ -32,18 +32,20 @@ use 10 nodes with a Dirichlet α=0.5 label skew, all nodes sampled every round a
   written label descriptions (data sets that have them);
 - ``central-dp8-x2``, ``fed-nodp-x2``, ``fed-dp8-x2``: twice the passes over the data (6
   epochs, 6 rounds) at the same ε, the federated pair at node batch 256: what more, noisier
-  steps buy (``Cell.epoch_factor``, ``Cell.node_batch_size``).
+  steps buy (``Cell.epoch_factor``, ``Cell.node_batch_size``);
+- ``fed-dp8-x3``: as ``fed-dp8-x2`` with three times the rounds (9), because the 6-round
+  curve was still rising at its last round.
 
 ``fed-dp8`` is thus the FFA-LoRA, Dirichlet and prototype arm of three comparisons at ε=8,
 and ``central-dp8`` that of two.
 
 The shared settings are the fields of :data:`FULL_PLAN` (one place to change them; ``--list``
-and ``utility.md`` print the values in force). Every cell but the ``-x2`` ones sees the same
-number of passes over the data: ``fedlora sim`` runs ``rounds`` rounds of ``local_epochs``
-local epochs on every node and ``fedlora train`` runs ``rounds × local_epochs`` epochs.
-Centralized and node-local training have their own expected batch size (``central_batch_size``,
-``node_batch_size``; Poisson under DP), as a node holds only a tenth of the data; a data set
-whose Dirichlet nodes cannot all hold the plan's node batch caps it
+and ``utility.md`` print the values in force). Every cell but the ``-x2`` and ``-x3`` ones sees
+the same number of passes over the data: ``fedlora sim`` runs ``rounds`` rounds of
+``local_epochs`` local epochs on every node and ``fedlora train`` runs ``rounds ×
+local_epochs`` epochs. Centralized and node-local training have their own expected batch size
+(``central_batch_size``, ``node_batch_size``; Poisson under DP), as a node holds only a tenth
+of the data; a data set whose Dirichlet nodes cannot all hold the plan's node batch caps it
 (``DatasetSpec.max_node_batch_size``). Both commands use the same Adam learning rate
 (``learning_rate``, passed as ``--lr``), ``max_length`` and, in DP cells, the same per-sample
 clip norm (``clip_norm``, passed as ``--clip-norm``; fedlora clips only under DP). Federated
@@ -324,6 +326,7 @@ CELLS: tuple[Cell, ...] = (
     Cell("central-dp8-x2", False, 8.0, epoch_factor=2),
     Cell("fed-nodp-x2", True, None, epoch_factor=2, node_batch_size=256),
     Cell("fed-dp8-x2", True, 8.0, epoch_factor=2, node_batch_size=256),
+    Cell("fed-dp8-x3", True, 8.0, epoch_factor=3, node_batch_size=256),
 )
 #: Cell fields that count in a result's settings only away from their defaults, so results
 #: from before a field existed stay comparable.
@@ -929,7 +932,7 @@ def padded_tokens(words: Sequence[int], max_length: int, batch: int) -> float:
     return float(tokens[picks].max(axis=1).mean())
 
 
-def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
+def estimate_seconds(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool) -> float:
     """Rough wall time of one cell and seed on this machine (see the cost constants)."""
     train = pool.train_records
     per_token = COST_TRAIN_TOKEN_S[cell.epsilon is not None]
@@ -937,7 +940,7 @@ def estimate_seconds(cell: Cell, plan: Plan, pool: Pool) -> float:
         per_token *= COST_LORA_FACTOR
     rounds = plan.rounds * cell.epoch_factor
     if cell.federated:  # each node's batches are drawn from its own share only
-        batch = min(cell.node_batch_size or plan.node_batch_size, max(1, train // plan.nodes))
+        batch = min(node_batch_size(plan, spec, cell), max(1, train // plan.nodes))
     else:
         batch = plan.central_batch_size
     tokens = padded_tokens(pool.words, plan.max_length, batch)
@@ -1282,7 +1285,7 @@ def print_plan(
     todo, stale = 0.0, 0
     for spec, cell in selected:
         pool = pools[spec.name]
-        estimate = estimate_seconds(cell, plan, pool)
+        estimate = estimate_seconds(cell, spec, plan, pool)
         status, measured = [], []
         for seed in args.seeds:
             result = read_result(seed_dir(args.out, spec.name, cell.name, seed) / RESULT_FILE)
@@ -1355,8 +1358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         file=sys.stderr,
                     )
                 continue
+            estimate = estimate_seconds(cell, spec, plan, pool)
             print(
-                f"  run:  {tag} (estimate {_format_seconds(estimate_seconds(cell, plan, pool))})",
+                f"  run:  {tag} (estimate {_format_seconds(estimate)})",
                 file=sys.stderr,
                 flush=True,
             )

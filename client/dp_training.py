@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,6 +128,31 @@ def batch_indices(collated: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(collated) == 0:
         return torch.zeros(0, dtype=torch.long)
     return torch.as_tensor(collated[0], dtype=torch.long).reshape(-1)
+
+
+def group_clip_norms(model: nn.Module, clip_norm: float, adapter_share: float) -> list[float]:
+    """Per-tensor clip norms of group-wise clipping, in the order of the trainable parameters.
+
+    The head (parameters under ``head.``) gets ``(1 − adapter_share)·C²`` and the encoder
+    adapter ``adapter_share·C²``; within a group each tensor's share is proportional to its
+    size. The norms' root sum of squares is ``clip_norm``, the sensitivity Opacus' per-layer
+    optimizer calibrates its noise to.
+
+    Raises
+    ------
+    ValueError
+        If the head or the adapter has no trainable tensor (there is nothing to split).
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    head = [p.numel() if name.startswith("head.") else 0 for name, p in named]
+    adapter = [p.numel() - h for (_, p), h in zip(named, head, strict=True)]
+    if not sum(head) or not sum(adapter):
+        raise ValueError("group-wise clipping needs trainable head and adapter parameters")
+    shares = [
+        (1 - adapter_share) * h / sum(head) + adapter_share * a / sum(adapter)
+        for h, a in zip(head, adapter, strict=True)
+    ]
+    return [clip_norm * math.sqrt(share) for share in shares]
 
 
 def _generator(seed: int | None) -> torch.Generator:
@@ -320,12 +346,18 @@ def train_adapter(
     if dp.enabled:
         sigma = resolve_noise_multiplier(dp, plan, delta, prior_events)
         engine = PrivacyEngine(accountant=dp.accountant)
+        clipping: dict[str, Any] = {"max_grad_norm": dp.clip_norm}
+        if dp.adapter_clip_share is not None:
+            clipping = {
+                "max_grad_norm": group_clip_norms(model, dp.clip_norm, dp.adapter_clip_share),
+                "clipping": "per_layer",
+            }
         trained, optimizer, loader = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=sigma,
-            max_grad_norm=dp.clip_norm,
+            **clipping,
             poisson_sampling=True,
             grad_sample_mode=dp.grad_sample_mode,
             noise_generator=generator,

@@ -61,7 +61,12 @@ DP_DEFAULTS = DPConfig()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows each option's default, except ``None``: those options' help says what unset means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _read_lines(path: Path, what: str) -> tuple[str, ...]:
@@ -196,6 +201,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     priv.add_argument("--noise-multiplier", type=float, help="fix σ instead of calibrating")
     priv.add_argument(
         "--clip-norm", type=float, default=DP_DEFAULTS.clip_norm, help="per-sample clipping norm C"
+    )
+    priv.add_argument(
+        "--adapter-clip-share",
+        type=float,
+        metavar="F",
+        help="clip by group: the encoder adapter's gradient at C·√F and the head's at "
+        "C·√(1−F), same σ and ε (default: the whole gradient at C)",
     )
     priv.add_argument("--no-dp", action="store_true", help="train without DP (baseline)")
 
@@ -467,6 +479,7 @@ def train_job_from_args(args: argparse.Namespace) -> TrainJobConfig:
             delta=args.delta,
             noise_multiplier=args.noise_multiplier,
             clip_norm=args.clip_norm,
+            adapter_clip_share=args.adapter_clip_share,
         ),
         split_seed=args.seed,
         label_descriptions=args.label_descriptions,

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from client.dp_training import DPConfig, TrainConfig, plan_steps, train_adapter
+from client.dp_training import (
+    DPConfig,
+    TrainConfig,
+    group_clip_norms,
+    plan_steps,
+    train_adapter,
+)
 from client.model import ModelConfig, adapter_state, build_model
 from privacy.accounting import DPEvent, compute_epsilon
 
@@ -227,3 +233,46 @@ def test_weight_average_releases_the_bias_corrected_average_of_the_iterates(
     assert plain.events == report.events and plain.epsilon == report.epsilon
     with pytest.raises(ValueError, match=r"weight_average must be in \[0, 1\), got 1"):
         TrainConfig(weight_average=1.0)
+
+
+def test_group_clip_norms_split_c_squared_between_head_and_adapter_by_size() -> None:
+    model = build_model(ModelConfig(model="tiny", lora="ffa", seed=0), LABELS3)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    norms = group_clip_norms(model, 2.0, 0.25)
+    assert len(norms) == len(trainable)
+    assert math.isclose(math.sqrt(sum(c * c for c in norms)), 2.0, rel_tol=1e-9)
+    pairs = list(zip(trainable, norms, strict=True))
+    head = [(p.numel(), c) for (n, p), c in pairs if n.startswith("head.")]
+    adapter = [(p.numel(), c) for (n, p), c in pairs if ".lora_B." in n]
+    assert head and adapter and len(head) + len(adapter) == len(trainable)
+    assert math.isclose(sum(c * c for _, c in head), 0.75 * 4.0, rel_tol=1e-9)
+    assert math.isclose(sum(c * c for _, c in adapter), 0.25 * 4.0, rel_tol=1e-9)
+    size, clip = adapter[0]  # within a group, C² per element is the same for every tensor
+    assert all(math.isclose(c * c / n, clip * clip / size) for n, c in adapter)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("head.")
+    with pytest.raises(ValueError, match="trainable head and adapter"):
+        group_clip_norms(model, 1.0, 0.5)
+
+
+def test_group_clipping_changes_the_step_not_sigma_or_epsilon(toy_data) -> None:  # type: ignore[no-untyped-def]
+    _, flat, flat_report = _train(toy_data, dp=DPConfig(target_epsilon=4.0), noise_seed=3)
+    grouped_dp = DPConfig(target_epsilon=4.0, adapter_clip_share=0.5)
+    _, grouped, report = _train(toy_data, dp=grouped_dp, noise_seed=3)
+    assert report.noise_multiplier == flat_report.noise_multiplier
+    assert report.epsilon == flat_report.epsilon <= 4.0
+    assert any(not np.array_equal(flat[n], grouped[n]) for n in flat if ".lora_B." in n)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"adapter_clip_share": 1.0}, "must be in"),
+        ({"adapter_clip_share": 0.0}, "must be in"),
+        ({"adapter_clip_share": 0.5, "grad_sample_mode": "ghost"}, "hooks"),
+        ({"adapter_clip_share": 0.5, "enabled": False}, "only under DP"),
+    ],
+)
+def test_group_clipping_settings_are_checked(changes, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        DPConfig(**changes)

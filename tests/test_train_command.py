@@ -142,6 +142,8 @@ def test_help_teaches(capsys) -> None:  # type: ignore[no-untyped-def]
         assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "add/remove-one" in text and "--epsilon" in text
+    # an unset option's help says what unset means; argparse's "(default: None)" would not
+    assert "(default: None)" not in text and "δ (default: min(1e-5, 1/N))" in text
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -144,6 +145,15 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     assert f"batch size {plan.node_batch_size} (medical_abstracts: 32)" in utility.settings_text(
         plan, {"medical_abstracts": pool}
     )
+    # the cost estimate prices the batch the command runs (capped), not the cell's own:
+    # with records of many lengths a larger batch pads to a longer one
+    varied = dataclasses.replace(pool, words=[1 + i % 90 for i in range(len(pool.words))])
+    wide = utility.CELLS_BY_NAME["fed-dp8-x2"]
+    capped = dataclasses.replace(wide, node_batch_size=medical.max_node_batch_size)
+    uncapped = dataclasses.replace(medical, max_node_batch_size=None)
+    estimate = utility.estimate_seconds(wide, medical, plan, varied)
+    assert estimate == utility.estimate_seconds(capped, medical, plan, varied)
+    assert estimate < utility.estimate_seconds(wide, uncapped, plan, varied)
 
 
 def test_quick_subsamples_both_files_and_writes_them(data_root: Path) -> None:
