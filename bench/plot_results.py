@@ -203,6 +203,18 @@ def _panels(plt: Any, datasets: Sequence[str]) -> tuple[Any, list[Any]]:
     return fig, list(axes[0])
 
 
+def distinct_colours(names: Sequence[str] | dict[str, None]) -> dict[str, Any]:
+    """One colour per name: matplotlib's 10-colour cycle, or tab20 when there are more (the
+    cycle would repeat a colour)."""
+    import matplotlib
+
+    names = list(names)
+    if len(names) <= 10:
+        return {name: f"C{i}" for i, name in enumerate(names)}
+    palette = matplotlib.colormaps["tab20"]
+    return {name: palette(i % 20) for i, name in enumerate(names)}
+
+
 def plot_accuracy_vs_epsilon(cells: Sequence[StudyCell], path: Path) -> bool:
     """Accuracy against target ε (log scale), one panel per data set, one line per setting.
 
@@ -216,7 +228,7 @@ def plot_accuracy_vs_epsilon(cells: Sequence[StudyCell], path: Path) -> bool:
 
     plt = pyplot_agg()
     datasets = list(dict.fromkeys(c.dataset for c in cells))
-    colours = {s: f"C{i}" for i, s in enumerate(dict.fromkeys(c.series for c in cells))}
+    colours = distinct_colours(dict.fromkeys(c.series for c in cells))
     fig, axes = _panels(plt, datasets)
     for ax, dataset in zip(axes, datasets, strict=True):
         mine = [c for c in cells if c.dataset == dataset]
@@ -288,7 +300,7 @@ def plot_accuracy_vs_round(cells: Sequence[StudyCell], path: Path) -> bool:
 
     plt = pyplot_agg()
     datasets = list(dict.fromkeys(c.dataset for c, _, _ in lines))
-    colours = {n: f"C{i}" for i, n in enumerate(dict.fromkeys(c.cell for c, _, _ in lines))}
+    colours = distinct_colours(dict.fromkeys(c.cell for c, _, _ in lines))
     fig, axes = _panels(plt, datasets)
     for ax, dataset in zip(axes, datasets, strict=True):
         for c, label, points in lines:
