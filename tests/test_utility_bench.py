@@ -112,6 +112,15 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
         utility.cell_argv(utility.CELLS_BY_NAME["fed-dp8-x2"], banking, plan, pool, 0, run_dir)
     )
     assert (longer.rounds, longer.local_epochs, longer.batch_size) == (2 * plan.rounds, 1, 256)
+    # the 9-round pair differs only in DP: the gap at 9 rounds
+    nine = [
+        _parsed(utility.cell_argv(utility.CELLS_BY_NAME[name], banking, plan, pool, 0, run_dir))
+        for name in ("fed-nodp-x3", "fed-dp8-x3")
+    ]
+    assert [(a.rounds, a.batch_size, a.no_dp) for a in nine] == [
+        (3 * plan.rounds, 256, True),
+        (3 * plan.rounds, 256, False),
+    ]
     longer = _parsed(
         utility.cell_argv(utility.CELLS_BY_NAME["central-dp8-x2"], banking, plan, pool, 0, run_dir)
     )
