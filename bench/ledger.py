@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy import accounting, rdp_memo
-from privacy.accounting import DPEvent, compute_epsilon
+from privacy.accounting import DPEvent, compute_epsilon, format_epsilon
 from privacy.audit import event_histories, history_events, recompute_epsilons, verify_ledger
 from privacy.ledger import GENESIS_HASH, dataset_fingerprint, make_entry, scan_ledger
 from privacy.reference_accounting import pld_epsilon
@@ -180,11 +180,14 @@ def _format_table(rows: Sequence[dict[str, Any]], workers: int) -> str:
     for row in rows:
         full = f"{row['full_1_worker_s']:.2f}" + (" est." if row["mode"] != "measured" else "")
         par = f"{row[parallel]:.2f}" if parallel in row else "–"
-        pld = "–" if row["final_epsilon_pld"] is None else f"{row['final_epsilon_pld']:.3f}"
+        pld = (
+            "–" if row["final_epsilon_pld"] is None else format_epsilon(row["final_epsilon_pld"], 3)
+        )
         out.append(
             f"{row['entries']:>8} {row['total_steps']:>7} {row['distinct_settings']:>5} "
             f"{row['integrity_s']:>10.3f} {row['verify_s']:>8.3f} {full:>12} "
-            f"{par:>10} {row['final_epsilon']:>7.3f} {row['final_epsilon_rdp']:>7.3f} {pld:>7}"
+            f"{par:>10} {format_epsilon(row['final_epsilon'], 3):>7} "
+            f"{format_epsilon(row['final_epsilon_rdp'], 3):>7} {pld:>7}"
         )
     return "\n".join(out)
 

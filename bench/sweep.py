@@ -34,6 +34,7 @@ from typing import Any
 
 from utility import DATASETS, DEFAULT_DATA_ROOT, execute, read_result
 
+from privacy.accounting import format_epsilon
 from privacy.durable_io import write_json_atomic, write_text_atomic
 from sim.splits import stratified_split
 
@@ -301,7 +302,8 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             f"{t['server_lr']:g} | {'yes' if t['keep_optimizer_state'] else 'no'} | "
             f"{t['adapter_clip_share'] or 'flat'} | "
             f"{_optional(r['noise_multiplier'], '.3f')} | "
-            f"{_optional(r['epsilon'], '.3f')} | {r['initial_accuracy']:.4f} | "
+            f"{'–' if r['epsilon'] is None else format_epsilon(r['epsilon'], 3)} | "
+            f"{r['initial_accuracy']:.4f} | "
             f"{r['validation_accuracy']:.4f} | {r['validation_macro_f1']:.4f} | "
             f"{r['wall_seconds'] / 60:.1f} min |"
         )

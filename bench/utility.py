@@ -51,12 +51,12 @@ of the data; a data set whose Dirichlet nodes cannot all hold the plan's node ba
 (``learning_rate``, passed as ``--lr``), ``max_length`` and, in DP cells, the same per-sample
 clip norm (``clip_norm``, passed as ``--clip-norm``; fedlora clips only under DP). Federated
 cells pass the server learning rate as ``--server-lr``: ``server_learning_rate``, or when that
-is ``None`` fedlora's own default for the cell (3 under DP, 1 without); uniform weighting, and
-``--bf16 off`` by default (bfloat16 autocast, which ``auto`` turns on for this CPU, measured
-about 5× slower than float32 here). δ = 1e-5 for every DP cell (passed as ``--delta 1e-5``; it
-equals fedlora's default min(1e-5, 1/N) here since no node holds 10^5 records). DP sampling and
-noise come from OS entropy (the library default), so a rerun with the same seed differs
-slightly in its DP cells.
+is ``None`` fedlora's own default for the cell (3 for FFA-LoRA under DP, else 1); uniform
+weighting, and ``--bf16 off`` by default (bfloat16 autocast, which ``auto`` turns on for this
+CPU, measured about 5× slower than float32 here). δ = 1e-5 for every DP cell (passed as
+``--delta 1e-5``; it equals fedlora's default min(1e-5, 1/N) here since no node holds 10^5
+records). DP sampling and noise come from OS entropy (the library default), so a rerun with
+the same seed differs slightly in its DP cells.
 
 Data (read from ``--data-root``, default ``../shared/data``; nothing is copied for the full
 study). A data set with a test file of its own is tested on it (``fedlora train --eval FILE``,
@@ -155,6 +155,7 @@ from client.run_settings import (
     default_server_learning_rate,
 )
 from client.training_config import ModelConfig
+from privacy.accounting import format_epsilon
 from privacy.durable_io import write_json_atomic, write_text_atomic
 from sim.splits import stratified_split
 
@@ -630,7 +631,7 @@ def server_learning_rate(plan: Plan, cell: Cell) -> float:
     """The server learning rate of a federated cell: the plan's, else fedlora's default."""
     if plan.server_learning_rate is not None:
         return plan.server_learning_rate
-    return default_server_learning_rate(cell.epsilon is not None)
+    return default_server_learning_rate(cell.epsilon is not None, cell.lora)
 
 
 def cell_argv(
@@ -1053,7 +1054,10 @@ TABLE_COLUMNS: tuple[str, ...] = (
 
 def _cells_text(row: dict[str, Any]) -> list[str]:
     mark = " †" if row["incomplete"] else ""
-    eps = [MISSING if row[k] is None else f"{row[k]:.3f}" for k in ("epsilon_max", "epsilon_min")]
+    eps = [
+        MISSING if row[k] is None else format_epsilon(row[k], 3)
+        for k in ("epsilon_max", "epsilon_min")
+    ]
     if row["seeds"] and row["epsilon_max"] is None:
         eps = [NO_DP, NO_DP]
     return [

@@ -44,6 +44,7 @@ from privacy.accounting import (
     calibrate_noise_multiplier,
     compute_epsilon,
     default_delta,
+    format_epsilon,
 )
 from privacy.ledger import LedgerEntry, PrivacyLedger, dataset_fingerprint
 from privacy.signing_keys import ensure_signing_key
@@ -220,7 +221,10 @@ def _calibrated_sigma(
         DPEvent(sigma, steps.sample_rate, steps.steps), delta
     )
     if projected > budget:
-        return None, f"projected ε {projected:.4f} after this round exceeds the budget {budget}"
+        return (
+            None,
+            f"projected ε {format_epsilon(projected)} after this round exceeds the budget {budget}",
+        )
     return sigma, ""
 
 

@@ -17,6 +17,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
@@ -61,6 +62,36 @@ class DPEvent:
             raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
+
+
+def format_epsilon(epsilon: float, places: int = 4) -> str:
+    """ε for display, rounded *up* to ``places`` decimals: a printed ε never understates a spend.
+
+    Parameters
+    ----------
+    epsilon
+        The ε an accountant computed (``inf`` when the events give no guarantee).
+    places
+        Decimals to keep (≥ 0).
+
+    Returns
+    -------
+    str
+        e.g. ``format_epsilon(7.99907, 3) == "8.000"`` where ``f"{7.99907:.3f}"`` reads
+        ``"7.999"``; ``"∞"`` for an infinite ε.
+
+    Raises
+    ------
+    ValueError
+        If ``epsilon`` is NaN or negative, or ``places`` is negative.
+    """
+    if places < 0:
+        raise ValueError(f"places must be >= 0, got {places}")
+    if math.isnan(epsilon) or epsilon < 0:
+        raise ValueError(f"epsilon must be a number >= 0, got {epsilon}")
+    if math.isinf(epsilon):
+        return "∞"
+    return str(Decimal(epsilon).quantize(Decimal(1).scaleb(-places), rounding=ROUND_CEILING))
 
 
 def default_delta(num_records: int) -> float:
@@ -202,7 +233,7 @@ def calibrate_noise_multiplier(
     spent = _epsilon_or_inf(prior, delta, accountant) if prior else 0.0
     if spent >= target_epsilon:
         raise ValueError(
-            f"the budget is already spent: ε={spent:.4f} from earlier events ≥ target "
+            f"the budget is already spent: ε={format_epsilon(spent)} from earlier events ≥ target "
             f"ε={target_epsilon}"
         )
 

@@ -22,14 +22,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Decimal
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from privacy.accounting import ADJACENCY, PRV_EPS_ERROR, SAMPLING, DPEvent, compute_epsilon
+from privacy.accounting import (
+    ADJACENCY,
+    PRV_EPS_ERROR,
+    SAMPLING,
+    DPEvent,
+    compute_epsilon,
+    format_epsilon,
+)
 from privacy.durable_io import write_json_atomic, write_text_atomic
 from privacy.ledger import (
     LEDGER_ACCOUNTANT,
@@ -526,10 +533,7 @@ def build_report(
 
 def _up(value: float | None, places: int = 4) -> str:
     """ε for display: rounded *up*, so a printed ε never understates the spend."""
-    if value is None:
-        return "–"
-    quantum = Decimal(1).scaleb(-places)
-    return str(Decimal(value).quantize(quantum, rounding=ROUND_CEILING))
+    return "–" if value is None else format_epsilon(value, places)
 
 
 def _down(value: float | None, places: int = 4) -> str:

@@ -37,6 +37,7 @@ from client.model import adapter_signature
 from client.round_plan import RoundPlan
 from client.run_settings import RunSettings
 from client.secure_aggregation_settings import MIN_SECURE_NODES
+from privacy.accounting import format_epsilon
 from privacy.mask_generator import MASK_GENERATOR
 from server.checkpoint import save_checkpoint
 from server.run_record import RunRecord, eval_record
@@ -359,7 +360,7 @@ def _progress_line(entry: dict[str, Any], total: int) -> str:
         parts.append(f"train loss {entry['train_loss']:.4f}")
     parts.append(f"{trained}/{len(nodes)} nodes trained")
     if eps:
-        parts.append(f"max ε {max(eps):.3f}")
+        parts.append(f"max ε {format_epsilon(max(eps), 3)}")
     if not entry["completed"]:
         parts.append("NOT COMPLETED (global adapter unchanged)")
     parts.append(f"{entry['seconds']:.1f}s")

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from privacy.accounting import format_epsilon
 from privacy.audit import build_report, verify_ledger, write_report
 from privacy.signing_keys import create_signing_key, load_public_key
 
@@ -111,8 +112,8 @@ def _verify(
         if result.ok:
             key_note = f" ({result.key_fingerprint})" if result.key_fingerprint else ""
             print(
-                f"OK {path}: {result.entries} entries, ε = {result.epsilon:.4f} (PRV), "
-                f"{result.epsilon_rdp:.4f} (RDP), δ = {result.delta}, signatures "
+                f"OK {path}: {result.entries} entries, ε = {format_epsilon(result.epsilon)} (PRV), "
+                f"{format_epsilon(result.epsilon_rdp)} (RDP), δ = {result.delta}, signatures "
                 f"{result.signatures}{key_note}; PRV ε recomputed at {result.prv_recomputed}"
             )
         else:

@@ -32,6 +32,7 @@ from client.training_config import (
     ModelConfig,
     TrainConfig,
 )
+from privacy.accounting import format_epsilon
 from sim.audit_commands import add_audit_parsers, cmd_audit, cmd_node
 from sim.certs_commands import add_certs_parsers, cmd_certs
 from sim.partitioning import PartitionScheme
@@ -309,8 +310,8 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:
         "--server-lr",
         type=float,
         help="server learning rate: the global adapter moves by this times the mean node "
-        f"delta (default: {SERVER_LR_UNDER_DP:g} under DP, {SERVER_LR_WITHOUT_DP:g} with "
-        "--no-dp; measured in docs/results.md)",
+        f"delta (default: {SERVER_LR_UNDER_DP:g} under DP with FFA-LoRA, {SERVER_LR_WITHOUT_DP:g} "
+        "with --no-dp or --lora lora; measured in docs/results.md)",
     )
     fed.add_argument(
         "--keep-optimizer-state",
@@ -513,8 +514,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     elif metrics["dp"]:
         privacy = (
-            f"ε = {metrics['epsilon']:.4f} (δ = {metrics['delta']:.3g}, {metrics['accountant']} "
-            f"accountant; RDP {metrics['epsilon_rdp']:.4f}), "
+            f"ε = {format_epsilon(metrics['epsilon'])} (δ = {metrics['delta']:.3g}, "
+            f"{metrics['accountant']} accountant; RDP {format_epsilon(metrics['epsilon_rdp'])}), "
             f"σ = {metrics['noise_multiplier']:.4f}, "
             f"q = {metrics['sample_rate']:.4g}, {metrics['steps']} steps"
         )
@@ -634,7 +635,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     print(f"completed rounds: {final.get('completed_rounds', 0)} of {config.settings.rounds}")
     for name, eps in sorted(final.get("epsilon", {}).items()):
         print(
-            f"  {name}: ε = {eps:.4f} (PRV accountant, budget {config.settings.dp.target_epsilon})"
+            f"  {name}: ε = {format_epsilon(eps)} (PRV accountant, "
+            f"budget {config.settings.dp.target_epsilon})"
         )
     for name, info in sorted(record.get("stopped_nodes", {}).items()):
         print(f"  {name}: stopped at round {info['round']}: {info['reason']}")

@@ -13,6 +13,7 @@ from privacy.accounting import (
     calibrate_noise_multiplier,
     compute_epsilon,
     default_delta,
+    format_epsilon,
     merge_events,
 )
 from privacy.reference_accounting import pld_epsilon
@@ -119,3 +120,33 @@ def test_epsilons_with_the_rdp_memo_equal_opacus_own(monkeypatch: pytest.MonkeyP
     finally:
         accounting._epsilon_of_merged.cache_clear()
     assert with_memo == without
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "places", "shown"),
+    [
+        (7.99907, 3, "8.000"),  # f"{7.99907:.3f}" would print 7.999, below the spend
+        (7.9990, 3, "7.999"),  # the float nearest 7.999 is just below it: not pushed up
+        (0.123401, 4, "0.1235"),
+        (1.0, 4, "1.0000"),
+        (2.5, 0, "3"),
+        (float("inf"), 4, "∞"),
+    ],
+)
+def test_a_printed_epsilon_is_never_below_the_computed_one(epsilon, places, shown) -> None:  # type: ignore[no-untyped-def]
+    assert format_epsilon(epsilon, places) == shown
+    if shown != "∞":
+        assert float(shown) >= epsilon
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "places", "message"),
+    [
+        (float("nan"), 4, "epsilon must be a number >= 0, got nan"),
+        (-0.1, 4, "epsilon must be a number >= 0, got -0.1"),
+        (1.0, -1, "places must be >= 0, got -1"),
+    ],
+)
+def test_format_epsilon_refuses_what_is_not_an_epsilon(epsilon, places, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        format_epsilon(epsilon, places)

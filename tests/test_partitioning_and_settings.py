@@ -152,15 +152,18 @@ def test_pyproject_run_config_trains_with_the_dataclass_defaults() -> None:
     assert parsed.keep_optimizer_state == defaults.keep_optimizer_state
 
 
-def test_server_learning_rate_defaults_by_dp_and_survives_the_run_config() -> None:
-    """Unset, the server step is the measured one for the run's DP setting; set, it is kept."""
+def test_server_learning_rate_defaults_by_dp_and_adapter_and_survives_the_run_config() -> None:
+    """Unset, the server step is the measured one for the run's DP setting and adapter
+    variant (the larger step only for FFA-LoRA under DP); set, it is kept."""
     base = RunSettings(rounds=1, labels=("a", "b"))
     assert base.global_learning_rate == SERVER_LR_UNDER_DP
     no_dp = dataclasses.replace(base, dp=DPConfig(enabled=False))
     assert no_dp.global_learning_rate == SERVER_LR_WITHOUT_DP
+    plain_lora = dataclasses.replace(base, model=dataclasses.replace(base.model, lora="lora"))
+    assert plain_lora.dp.enabled and plain_lora.global_learning_rate == SERVER_LR_WITHOUT_DP
     chosen = dataclasses.replace(no_dp, server_learning_rate=2.0)
     assert chosen.global_learning_rate == 2.0
-    for settings in (base, no_dp, chosen):
+    for settings in (base, no_dp, plain_lora, chosen):
         assert settings_from_run_config(settings.to_run_config()) == settings
     with pytest.raises(ValueError, match="server_learning_rate must be > 0, got -1"):
         dataclasses.replace(base, server_learning_rate=-1.0)

@@ -146,6 +146,10 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     args = _parsed(fed)
     assert args.test_data is None and args.test_fraction == medical.test_fraction
     assert args.server_lr == SERVER_LR_UNDER_DP  # fedlora's default under DP, spelled out
+    plain = utility.cell_argv(
+        utility.CELLS_BY_NAME["fed-lora-dp8"], medical, plan, pool, 0, run_dir
+    )
+    assert _parsed(plain).server_lr == SERVER_LR_WITHOUT_DP  # plain LoRA's default under DP
     # its small Dirichlet nodes cannot all hold the plan's node batch: the cap applies,
     # and counts in the settings of its federated cells only
     assert args.batch_size == medical.max_node_batch_size < plan.node_batch_size
