@@ -64,6 +64,10 @@ class Trial:
     server_lr: float = 1.0
     keep_optimizer_state: bool = False
     adapter_clip_share: float = 0.0  # 0: flat clipping (fedlora's default)
+    # fedlora train's default; 0 (off) for the federation, whose nodes do not refit, and for
+    # every result from before the refit existed (their names carry no "-hr")
+    head_refit_steps: int = 10
+    head_refit_noise_ratio: float = 1.0
 
     def name(self) -> str:
         """A directory name that says every setting."""
@@ -79,12 +83,16 @@ class Trial:
             + (f"-wa{self.weight_average:g}" if self.weight_average else "")
             + ("-keepopt" if self.keep_optimizer_state else "")
             + (f"-acs{self.adapter_clip_share:g}" if self.adapter_clip_share else "")
+            + (f"-hr{self.head_refit_steps}" if self.head_refit_steps else "")
+            + (f"-rho{self.head_refit_noise_ratio:g}" if self.head_refit_noise_ratio != 1 else "")
         )
 
 
 BASE = Trial()
 #: The federated base: 10 nodes of about 900 records, so a node's batch is smaller.
-FEDERATED_BASE = Trial(federated=True, batch_size=64)
+FEDERATED_BASE = Trial(federated=True, batch_size=64, head_refit_steps=0)
+#: How a result from before the head refit existed reads: its trial has no refit field.
+BEFORE_HEAD_REFIT = {"head_refit_steps": 0}
 #: The federation of a federated trial (``fedlora sim`` flags): issue #7's target setting.
 FEDERATION = ["--nodes", "10", "--nodes-per-round", "10", "--partition", "dirichlet:0.5"]
 #: Values tried per axis, each with every other setting at the base.
@@ -105,11 +113,13 @@ AXES: dict[str, tuple[Any, ...]] = {
     "lr_schedule": ("linear",),
     "weight_average": (0.9, 0.97),
     "adapter_clip_share": (0.25, 0.5),
+    "head_refit_steps": (0, 30),
+    "head_refit_noise_ratio": (0.7, 1.5),
 }
 #: Axes that only a federated trial has.
 FEDERATED_AXES = ("server_lr", "keep_optimizer_state")
 #: Axes that only a centralized trial has (``fedlora train`` options ``fedlora sim`` lacks).
-CENTRAL_AXES = ("adapter_clip_share",)
+CENTRAL_AXES = ("adapter_clip_share", "head_refit_steps", "head_refit_noise_ratio")
 #: A federated trial's values where they differ from ``AXES`` (a node holds ~900 records).
 FEDERATED_AXIS_VALUES: dict[str, tuple[Any, ...]] = {
     "batch_size": (128, 256),
@@ -228,6 +238,11 @@ def trial_argv(
         if trial.federated:
             raise ValueError("adapter_clip_share: fedlora sim has no --adapter-clip-share")
         argv += ["--adapter-clip-share", f"{trial.adapter_clip_share:g}"]
+    if trial.federated and trial.head_refit_steps:
+        raise ValueError("head_refit_steps: fedlora sim's nodes do not refit the head")
+    if not trial.federated:
+        argv += ["--head-refit-steps", str(trial.head_refit_steps)]
+        argv += ["--head-refit-noise-ratio", f"{trial.head_refit_noise_ratio:g}"]
     argv += ["--batch-size", str(trial.batch_size), "--lr", f"{trial.lr:g}", "--bf16", "off"]
     argv += ["--seed", "0", "--out", str(run_dir)]
     return argv if trial.federated else [*argv, "--quiet"]
@@ -280,19 +295,25 @@ def _optional(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _refit_text(trial: dict[str, Any]) -> str:
+    if not trial["head_refit_steps"]:
+        return "no"
+    return f"{trial['head_refit_steps']} steps, ρ {trial['head_refit_noise_ratio']:g}"
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown table of finished trials, best validation accuracy first per data set (σ
     differs per node in a federated trial, whose ε is the largest any node spent)."""
     lines = [
         "| data set | mode | lr | batch | clip | epochs | rank | α | targets | head | "
         "class-vector norm | LoRA | encoder dropout | lr schedule | weight average | server lr | "
-        "keeps Adam | adapter clip share | σ | ε | "
+        "keeps Adam | adapter clip share | head refit | σ | ε | "
         "before | val. accuracy | val. macro-F1 | wall |",
-        "|" + "---|" * 24,
+        "|" + "---|" * 25,
     ]
     ordered = sorted(results, key=lambda r: (r["dataset"], -r["validation_accuracy"]))
     for r in ordered:
-        t = {**dataclasses.asdict(BASE), **r["trial"]}  # older results lack newer axes
+        t = {**dataclasses.asdict(BASE), **BEFORE_HEAD_REFIT, **r["trial"]}  # older lack axes
         lines.append(
             f"| {r['dataset']} | {'federated' if t['federated'] else 'central'} | "
             f"{t['lr']:g} | {t['batch_size']} | {t['clip_norm']:g} | "
@@ -301,6 +322,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             f"{t['lr_schedule']} | {t['weight_average']:g} | "
             f"{t['server_lr']:g} | {'yes' if t['keep_optimizer_state'] else 'no'} | "
             f"{t['adapter_clip_share'] or 'flat'} | "
+            f"{_refit_text(t)} | "
             f"{_optional(r['noise_multiplier'], '.3f')} | "
             f"{'–' if r['epsilon'] is None else format_epsilon(r['epsilon'], 3)} | "
             f"{r['initial_accuracy']:.4f} | "

@@ -20,6 +20,9 @@ use 10 nodes with a Dirichlet α=0.5 label skew, all nodes sampled every round a
 
 - ``central-nodp``, ``central-dp1``, ``central-dp3``, ``central-dp8``: one institution holding
   all training data (``fedlora train``), without DP and with DP-SGD at ε = 1, 3, 8;
+- ``central-dp1-norefit``, ``central-dp8-norefit``: as ``central-dp1`` and ``central-dp8``
+  without ``fedlora train``'s head refit (``--head-refit-steps 0``): what the refit adds
+  (every centralized DP cell with the prototype head refits by default, ``Cell.head_refit``);
 - ``central-lora-dp8``: as ``central-dp8`` with plain LoRA (A and B trained);
 - ``central-linear-nodp``, ``central-linear-dp1``, ``central-linear-dp3``,
   ``central-linear-dp8``: the centralized cells with the linear head;
@@ -271,6 +274,11 @@ class Cell:
     node_batch_size
         This cell's node batch instead of the plan's (federated cells; a data set's
         ``max_node_batch_size`` still caps it).
+    head_refit
+        Whether ``fedlora train`` ends with its default head refit (a full-batch DP fit of
+        the class vectors that shares the cell's ε); ``False`` passes
+        ``--head-refit-steps 0``. It applies only where ``fedlora train`` refits: centralized
+        DP cells with the prototype head (:attr:`refits_head`).
     """
 
     name: str
@@ -282,6 +290,17 @@ class Cell:
     descriptions: bool = False
     epoch_factor: int = 1
     node_batch_size: int | None = None
+    head_refit: bool = True
+
+    @property
+    def refits_head(self) -> bool:
+        """Whether the command ends with a head refit (see ``head_refit``)."""
+        return self.head_refit and self.applies_head_refit
+
+    @property
+    def applies_head_refit(self) -> bool:
+        """Whether ``head_refit`` means anything here: centralized, DP, prototype head."""
+        return not self.federated and self.epsilon is not None and self.head == "prototype"
 
     def describe(self) -> str:
         """A human-readable description of the setting."""
@@ -293,7 +312,8 @@ class Cell:
             head = ", prior from written label descriptions"
         longer = f", {self.epoch_factor}× the epochs" if self.epoch_factor != 1 else ""
         batch = f", node batch {self.node_batch_size}" if self.node_batch_size else ""
-        return f"{where}, {lora}, {dp}{head}{longer}{batch}"
+        refit = ", no head refit" if self.applies_head_refit and not self.head_refit else ""
+        return f"{where}, {lora}, {dp}{head}{longer}{batch}{refit}"
 
     def runs_on(self, spec: DatasetSpec) -> bool:
         """Whether this cell applies to the data set (a ``desc`` cell needs descriptions)."""
@@ -309,6 +329,8 @@ CELLS: tuple[Cell, ...] = (
     Cell("central-dp1", False, 1.0),
     Cell("central-dp3", False, 3.0),
     Cell("central-dp8", False, 8.0),
+    Cell("central-dp1-norefit", False, 1.0, head_refit=False),
+    Cell("central-dp8-norefit", False, 8.0, head_refit=False),
     Cell("central-lora-dp8", False, 8.0, lora="lora"),
     Cell("central-linear-nodp", False, None, head="linear"),
     Cell("central-linear-dp1", False, 1.0, head="linear"),
@@ -669,6 +691,8 @@ def cell_argv(
     if cell.epsilon is not None:
         dp = [("--epsilon", _number(cell.epsilon)), ("--delta", _number(DELTA))]
         dp.append(("--clip-norm", _number(plan.clip_norm)))
+        if cell.applies_head_refit and not cell.head_refit:
+            dp.append(("--head-refit-steps", "0"))
     batch = node_batch_size(plan, spec, cell) if cell.federated else plan.central_batch_size
     opt = [("--batch-size", str(batch)), ("--lr", _number(plan.learning_rate))]
     opt += [("--bf16", plan.bf16), ("--seed", str(seed))]
@@ -705,6 +729,8 @@ def cell_settings(cell: Cell, spec: DatasetSpec, plan: Plan, pool: Pool, seed: i
         for name, value in dataclasses.asdict(cell).items()
         if name not in LATER_CELL_FIELDS or value != defaults[name]
     }
+    if not cell.applies_head_refit:  # results from before the refit stay comparable
+        del cell_fields["head_refit"]
     dataset_fields = dataclasses.asdict(spec)
     if not cell.descriptions:
         del dataset_fields["written_descriptions"]

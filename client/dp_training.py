@@ -28,9 +28,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.batching import Batch, TokenizedTexts, make_batch
+from client.head_refit import refit_class_vectors
 from client.model import unwrap_model
 from client.optimizer_state import export_adam_state, import_adam_state
-from client.training_config import DPConfig, TrainConfig
+from client.training_config import DPConfig, HeadRefitConfig, TrainConfig
 from client.weight_average import ParameterAverage
 from privacy.accounting import (
     DPEvent,
@@ -56,8 +57,9 @@ class StepPlan:
 class TrainingReport:
     """What a training run did and what it cost.
 
-    ``events`` are the DP events of this run only; ``epsilon`` and ``epsilon_rdp`` compose
-    ``prior_events`` and ``events``. Without DP, ``epsilon`` is ``inf`` and events are empty.
+    ``events`` are the DP events of this run only (DP-SGD's, then the head refit's when
+    there is one); ``epsilon`` and ``epsilon_rdp`` compose ``prior_events`` and ``events``.
+    Without DP, ``epsilon`` is ``inf`` and events are empty.
     ``optimizer_state`` is Adam's state after the run (:mod:`client.optimizer_state`).
     """
 
@@ -76,6 +78,12 @@ class TrainingReport:
     bf16: bool
     events: tuple[DPEvent, ...] = field(default_factory=tuple)
     optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def head_refit_noise_multiplier(self) -> float | None:
+        """σ₂ of the head refit, or ``None`` when the run had none."""
+        refits = [e for e in self.events[1:] if e.sample_rate == 1.0]
+        return refits[0].noise_multiplier if refits else None
 
 
 def plan_steps(num_records: int, batch_size: int, epochs: int) -> StepPlan:
@@ -159,13 +167,21 @@ def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
 
 
+def head_refit_event(refit: HeadRefitConfig, sigma: float, plan: StepPlan) -> DPEvent:
+    """The full-batch release of a head refit that follows ``plan``'s steps at σ."""
+    sigma_2 = refit.noise_multiplier(sigma, plan.sample_rate, plan.steps)
+    return DPEvent(sigma_2, 1.0, refit.steps)
+
+
 def resolve_noise_multiplier(
     dp: DPConfig, plan: StepPlan, delta: float, prior_events: Sequence[DPEvent] = ()
 ) -> float:
-    """σ for this run: the configured one, or calibrated to land on the target ε."""
+    """σ for this run: the configured one, or calibrated so that its steps, and the head
+    refit that follows them if ``dp`` has one, land on the target ε."""
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
     assert dp.target_epsilon is not None  # guaranteed by DPConfig
+    refit = dp.head_refit
     return calibrate_noise_multiplier(
         dp.target_epsilon,
         delta,
@@ -173,6 +189,7 @@ def resolve_noise_multiplier(
         plan.steps,
         prior_events=prior_events,
         accountant=dp.accountant,
+        followed_by=None if refit is None else lambda s: [head_refit_event(refit, s, plan)],
     )
 
 
@@ -379,6 +396,12 @@ def train_adapter(
         if recorded != steps:
             raise RuntimeError(f"Opacus recorded {recorded} noisy steps, the loop took {steps}")
         events = (DPEvent(sigma, plan.sample_rate, steps),) if sigma > 0 else ()
+        if dp.head_refit is not None and sigma > 0:
+            refit = head_refit_event(dp.head_refit, sigma, plan)
+            refit_class_vectors(
+                model, data, dp.head_refit, refit, dp.clip_norm, generator=generator, bf16=use_bf16
+            )
+            events = (*events, refit)
         if sigma > 0:
             epsilon = compute_epsilon([*prior_events, *events], delta, dp.accountant)
             epsilon_rdp = compute_epsilon([*prior_events, *events], delta, "rdp")

@@ -6,6 +6,7 @@ Evaluation on a node's private data is itself a release; callers decide where it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from client.batching import TokenizedTexts, make_batch
+from client.batching import Batch, TokenizedTexts, make_batch
+from client.model import TextClassifier
 
 
 @dataclass(frozen=True)
@@ -39,25 +41,49 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def predict_logits(
-    model: nn.Module, data: TokenizedTexts, batch_size: int = 128, bf16: bool = False
-) -> np.ndarray:
-    """Logits for every record, in order (float32, shape ``(N, num_labels)``)."""
+def _in_length_order(
+    model: nn.Module,
+    data: TokenizedTexts,
+    run: Callable[[Batch], torch.Tensor],
+    batch_size: int,
+    bf16: bool,
+) -> torch.Tensor:
+    """``run`` on every record in evaluation mode without gradients; float32 rows in order."""
     was_training = model.training
     model.eval()
     # Sorting by length keeps padding (and time) low; the order is restored below.
     order = np.argsort([len(t) for t in data.token_ids], kind="stable")
-    chunks: list[np.ndarray] = []
+    chunks: list[torch.Tensor] = []
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.no_grad(), autocast:
         for start in range(0, len(order), batch_size):
-            batch = make_batch(data, order[start : start + batch_size])
-            chunks.append(model(batch.input_ids, batch.attention_mask).float().numpy())
+            chunks.append(run(make_batch(data, order[start : start + batch_size])).float())
     model.train(was_training)
-    logits = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-    restored = np.empty_like(logits)
-    restored[order] = logits
+    if not chunks:
+        return torch.zeros((0, 0), dtype=torch.float32)
+    rows = torch.cat(chunks)
+    restored = torch.empty_like(rows)
+    restored[torch.from_numpy(order)] = rows
     return restored
+
+
+def predict_logits(
+    model: nn.Module, data: TokenizedTexts, batch_size: int = 128, bf16: bool = False
+) -> np.ndarray:
+    """Logits for every record, in order (float32, shape ``(N, num_labels)``)."""
+    return _in_length_order(
+        model, data, lambda b: model(b.input_ids, b.attention_mask), batch_size, bf16
+    ).numpy()
+
+
+def pooled_embeddings(
+    model: TextClassifier, data: TokenizedTexts, batch_size: int = 128, bf16: bool = False
+) -> torch.Tensor:
+    """The head's input for every record, in order (float32, ``(N, hidden)``): the
+    mean-pooled encoder output of ``model`` as it is now, without dropout."""
+    return _in_length_order(
+        model, data, lambda b: model.embed(b.input_ids, b.attention_mask), batch_size, bf16
+    )
 
 
 def evaluate(

@@ -91,6 +91,53 @@ LR_SCHEDULES: tuple[str, ...] = ("constant", "linear")
 
 
 @dataclass(frozen=True)
+class HeadRefitConfig:
+    """A last, full-batch DP fit of the prototype head's class vectors after DP-SGD.
+
+    Once the encoder adapter is trained, the node embeds all its records with the adapted
+    encoder (frozen from then on) and takes ``steps`` Adam steps on the class vectors alone,
+    each on the clipped gradient of *every* record plus Gaussian noise (Opacus, sampling rate
+    1). It pays off because ε does not add up: at ε = 8, DP-SGD's few subsampled steps at
+    small σ spend their ε in a heavy tail, and a Gaussian release composed with them costs a
+    small fraction of its own ε (docs/results.md section 5, eighth look).
+
+    Parameters
+    ----------
+    steps
+        Full-batch steps T₂ (≥ 1).
+    noise_ratio
+        ρ: the refit's noise on the full-data gradient sum, in units of the noise DP-SGD's
+        steps leave on it as a whole. DP-SGD at σ, rate q and T steps adds noise σ·C per
+        step to sums of about qN gradients; over its T steps that is like one full-data sum
+        with noise σ·C / (q·√T). The refit's T₂ steps then each get
+        ``σ₂ = ρ · σ / (q·√T) · √T₂``. σ is calibrated so that both phases together land on
+        the target ε.
+    learning_rate
+        Adam learning rate of the refit.
+    """
+
+    steps: int = 10
+    noise_ratio: float = 1.0
+    learning_rate: float = 0.03
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"head refit steps must be >= 1, got {self.steps}")
+        if not (math.isfinite(self.noise_ratio) and self.noise_ratio > 0):
+            raise ValueError(f"head refit noise_ratio must be > 0, got {self.noise_ratio}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"head refit learning_rate must be > 0, got {self.learning_rate}")
+
+    def noise_multiplier(self, sigma: float, sample_rate: float, steps: int) -> float:
+        """σ₂ of each refit step, given DP-SGD's σ, sampling rate q and step count T (> 0)."""
+        if steps < 1 or not (0 < sample_rate <= 1):
+            raise ValueError(
+                f"need steps >= 1 and sample_rate in (0, 1], got {steps} and {sample_rate}"
+            )
+        return self.noise_ratio * sigma / (sample_rate * math.sqrt(steps)) * math.sqrt(self.steps)
+
+
+@dataclass(frozen=True)
 class DPConfig:
     """Differential-privacy settings of local training.
 
@@ -119,6 +166,10 @@ class DPConfig:
         clipping (measured on BANKING77, docs/results.md section 5), so flat clipping leaves
         the adapter about a tenth of the budget.
         Opacus' per-layer clipping; hooks mode only.
+    head_refit
+        ``None`` (the default here) ends with DP-SGD's last step. A
+        :class:`HeadRefitConfig` refits the prototype head's class vectors afterwards; both
+        phases share the target ε. ``fedlora train`` turns it on by default.
     """
 
     enabled: bool = True
@@ -129,6 +180,7 @@ class DPConfig:
     accountant: str = "prv"
     grad_sample_mode: str = "hooks"
     adapter_clip_share: float | None = None
+    head_refit: HeadRefitConfig | None = None
 
     def __post_init__(self) -> None:
         if self.accountant not in ACCOUNTANTS:
@@ -166,6 +218,8 @@ class DPConfig:
                     "adapter_clip_share needs grad_sample_mode 'hooks' (Opacus clips per "
                     f"layer only there), got {self.grad_sample_mode!r}"
                 )
+        if self.head_refit is not None and not self.enabled:
+            raise ValueError("head_refit applies only under DP (without DP, train longer)")
 
 
 @dataclass(frozen=True)

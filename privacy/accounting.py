@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
 
@@ -162,9 +163,12 @@ def _epsilon_of_merged(merged: tuple[DPEvent, ...], delta: float, accountant: st
     # A pure function of its (hashable, frozen) arguments: a node asks for the same ε when it
     # projects, trains and records a spend, and a verifier once per ledger entry.
     acct = _accountant_for(accountant, merged)
-    if accountant == "prv":
-        return float(acct.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
-    return float(acct.get_epsilon(delta=delta))
+    # At sampling rate 1 (a full-batch release) the PRV code takes log(1 − q) = −inf, which
+    # it handles correctly but warns about; the result matches the exact Gaussian ε.
+    with np.errstate(divide="ignore"):
+        if accountant == "prv":
+            return float(acct.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+        return float(acct.get_epsilon(delta=delta))
 
 
 def _epsilon_or_inf(events: Sequence[DPEvent], delta: float, accountant: str) -> float:
@@ -188,6 +192,7 @@ def calibrate_noise_multiplier(
     relative_tolerance: float = 0.005,
     initial_guess: float | None = None,
     max_noise_multiplier: float = MAX_NOISE_MULTIPLIER,
+    followed_by: Callable[[float], Sequence[DPEvent]] | None = None,
 ) -> float:
     """Smallest σ (within tolerance) whose ε after ``prior_events`` plus ``steps`` new steps
     at rate ``sample_rate`` does not exceed ``target_epsilon``.
@@ -217,6 +222,10 @@ def calibrate_noise_multiplier(
         A σ expected to be close (e.g. last round's); only speeds the search up.
     max_noise_multiplier
         The largest σ worth training with; above it the target counts as unreachable.
+    followed_by
+        Events planned after the steps, as a function of their σ (e.g. a full-batch refit
+        whose noise scales with σ); they count against the target too. Their noise must
+        not fall as σ rises, or the search loses its bracket.
 
     Raises
     ------
@@ -239,7 +248,10 @@ def calibrate_noise_multiplier(
 
     def excess(sigma: float) -> float:
         """log(ε(σ) / target): > 0 over budget, <= 0 within it."""
-        eps = _epsilon_or_inf([*prior, DPEvent(sigma, sample_rate, steps)], delta, accountant)
+        planned = [DPEvent(sigma, sample_rate, steps)]
+        if followed_by is not None:
+            planned.extend(followed_by(sigma))
+        eps = _epsilon_or_inf([*prior, *planned], delta, accountant)
         return math.inf if math.isinf(eps) else math.log(max(eps, 1e-300) / target_epsilon)
 
     low, high = _bracket(excess, initial_guess, max_noise_multiplier)

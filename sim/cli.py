@@ -29,6 +29,7 @@ from client.training_config import (
     LORA_VARIANTS,
     LR_SCHEDULES,
     DPConfig,
+    HeadRefitConfig,
     ModelConfig,
     TrainConfig,
 )
@@ -59,6 +60,7 @@ noise multiplier is calibrated so that the planned epochs land at --epsilon, unl
 #: ``fedlora train`` defaults: the configuration dataclasses' own (one place to change them).
 TRAIN_DEFAULTS = TrainConfig()
 DP_DEFAULTS = DPConfig()
+REFIT_DEFAULTS = HeadRefitConfig()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -209,6 +211,30 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="clip by group: the encoder adapter's gradient at C·√F and the head's at "
         "C·√(1−F), same σ and ε (default: the whole gradient at C)",
+    )
+    priv.add_argument(
+        "--head-refit-steps",
+        type=int,
+        default=REFIT_DEFAULTS.steps,
+        metavar="T2",
+        help="after DP-SGD, refit the prototype head's class vectors on the adapted encoder's "
+        "embeddings of all records, in T2 full-batch DP steps that share the --epsilon budget "
+        "(prototype head under DP only; 0: off). On BANKING77 at ε = 8 it raised DP-SGD's σ "
+        "by 1.3 %% and test accuracy from 86.7 %% to 88.7 %% (docs/results.md)",
+    )
+    priv.add_argument(
+        "--head-refit-noise-ratio",
+        type=float,
+        default=REFIT_DEFAULTS.noise_ratio,
+        metavar="RHO",
+        help="the refit's noise on the full-data gradient sum, in units of the noise all of "
+        "DP-SGD's steps leave on it (σ/(q·√T)); smaller: a stronger refit, a noisier DP-SGD",
+    )
+    priv.add_argument(
+        "--head-refit-lr",
+        type=float,
+        default=REFIT_DEFAULTS.learning_rate,
+        help="Adam learning rate of the head refit",
     )
     priv.add_argument("--no-dp", action="store_true", help="train without DP (baseline)")
 
@@ -481,9 +507,24 @@ def train_job_from_args(args: argparse.Namespace) -> TrainJobConfig:
             noise_multiplier=args.noise_multiplier,
             clip_norm=args.clip_norm,
             adapter_clip_share=args.adapter_clip_share,
+            head_refit=_head_refit_from_args(args),
         ),
         split_seed=args.seed,
         label_descriptions=args.label_descriptions,
+    )
+
+
+def _head_refit_from_args(args: argparse.Namespace) -> HeadRefitConfig | None:
+    if args.head_refit_steps < 0:
+        raise ValueError(
+            f"--head-refit-steps must be >= 0 (0 turns the refit off), got {args.head_refit_steps}"
+        )
+    if args.no_dp or args.head != "prototype" or args.head_refit_steps == 0:
+        return None
+    return HeadRefitConfig(
+        steps=args.head_refit_steps,
+        noise_ratio=args.head_refit_noise_ratio,
+        learning_rate=args.head_refit_lr,
     )
 
 
@@ -519,6 +560,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"σ = {metrics['noise_multiplier']:.4f}, "
             f"q = {metrics['sample_rate']:.4g}, {metrics['steps']} steps"
         )
+        if metrics["head_refit_noise_multiplier"] is not None:
+            privacy += (
+                f", then a head refit of {metrics['head_refit_steps']} full-batch steps at "
+                f"σ = {metrics['head_refit_noise_multiplier']:.4f}"
+            )
     else:
         privacy = "no differential privacy (baseline)"
     print(

@@ -170,6 +170,12 @@ def job_metrics(
         "sample_rate": report.sample_rate,
         "steps": report.steps,
         "clip_norm": report.clip_norm if report.dp else None,
+        "head_refit_noise_multiplier": report.head_refit_noise_multiplier,
+        "head_refit_steps": (
+            job.dp.head_refit.steps
+            if job.dp.head_refit is not None and report.head_refit_noise_multiplier is not None
+            else None
+        ),
         "accuracy": final.accuracy,
         "macro_f1": final.macro_f1,
         "eval_loss": final.loss,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
@@ -150,3 +152,50 @@ def test_a_printed_epsilon_is_never_below_the_computed_one(epsilon, places, show
 def test_format_epsilon_refuses_what_is_not_an_epsilon(epsilon, places, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         format_epsilon(epsilon, places)
+
+
+def _exact_gaussian_epsilon(mu: float, delta: float) -> float:
+    # The Gaussian mechanism of sensitivity 1 and noise 1/μ (Balle & Wang 2018), solved for ε:
+    # δ(ε) = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2).
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    def excess(eps: float) -> float:
+        return float(
+            norm.cdf(-eps / mu + mu / 2) - np.exp(eps) * norm.cdf(-eps / mu - mu / 2) - delta
+        )
+
+    return float(brentq(excess, 0.0, 100.0))
+
+
+@pytest.mark.parametrize(("sigma", "steps"), [(6.7, 10), (1.5, 1), (20.0, 10)])
+def test_a_full_batch_release_costs_the_exact_gaussian_epsilon(sigma, steps) -> None:  # type: ignore[no-untyped-def]
+    """Sampling rate 1 (a head refit's steps): T steps at σ are one Gaussian mechanism of
+    μ = √T/σ. PRV's upper bound must lie on or just above its closed-form ε, silently."""
+    exact = _exact_gaussian_epsilon(np.sqrt(steps) / sigma, 1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # PRV: log(1 − q) at q = 1 is benign
+        prv = compute_epsilon([DPEvent(sigma, 1.0, steps)], 1e-5)
+    assert exact <= prv < exact + 0.02
+
+
+def test_a_full_batch_release_after_dp_sgd_costs_a_fraction_of_its_own_epsilon() -> None:
+    """Why the head refit pays: composed after DP-SGD's subsampled steps at small σ (about
+    BANKING77's at ε = 8), a Gaussian release adds far less than it would spend alone, and an
+    independent accountant agrees."""
+    sgd, refit = DPEvent(0.586, 1 / 40, 120), DPEvent(6.7, 1.0, 10)
+    both = compute_epsilon([sgd, refit], 1e-5)
+    assert both == pytest.approx(pld_epsilon([sgd, refit], 1e-5), rel=0.03)
+    added, alone = both - compute_epsilon([sgd], 1e-5), compute_epsilon([refit], 1e-5)
+    assert 0 < added < 0.25 * alone
+
+
+def test_calibration_counts_the_events_that_follow() -> None:
+    def refit(sigma: float) -> list[DPEvent]:
+        return [DPEvent(10 * sigma, 1.0, 10)]
+
+    alone = calibrate_noise_multiplier(3.0, 1e-5, 0.02, 500)
+    sigma = calibrate_noise_multiplier(3.0, 1e-5, 0.02, 500, followed_by=refit)
+    eps = compute_epsilon([DPEvent(sigma, 0.02, 500), *refit(sigma)], 1e-5)
+    assert 3.0 * 0.98 < eps <= 3.0
+    assert sigma > alone

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from client.dp_training import (
     DPConfig,
@@ -14,8 +15,12 @@ from client.dp_training import (
     plan_steps,
     train_adapter,
 )
+from client.evaluation import evaluate
+from client.head_refit import refit_class_vectors
 from client.model import ModelConfig, adapter_state, build_model
+from client.training_config import HeadRefitConfig
 from privacy.accounting import DPEvent, compute_epsilon
+from privacy.reference_accounting import pld_epsilon
 
 LABELS3 = ("a", "b", "c")
 
@@ -276,3 +281,91 @@ def test_group_clipping_changes_the_step_not_sigma_or_epsilon(toy_data) -> None:
 def test_group_clipping_settings_are_checked(changes, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         DPConfig(**changes)
+
+
+def test_head_refit_is_composed_into_the_target(toy_data) -> None:  # type: ignore[no-untyped-def]
+    refit = HeadRefitConfig(steps=3)
+    dp = DPConfig(target_epsilon=4.0, delta=1e-5, head_refit=refit)
+    _, _, report = _train(toy_data, dp=dp, epochs=2)
+    sgd, full = report.events
+    assert sgd.sample_rate < 1 and sgd.noise_multiplier == report.noise_multiplier
+    sigma_2 = refit.noise_multiplier(sgd.noise_multiplier, sgd.sample_rate, sgd.steps)
+    assert full == DPEvent(sigma_2, 1.0, 3)
+    assert report.head_refit_noise_multiplier == sigma_2
+    assert 4.0 * 0.95 < report.epsilon <= 4.0
+    assert report.epsilon == pytest.approx(compute_epsilon([sgd, full], 1e-5), rel=1e-12)
+    assert report.epsilon == pytest.approx(pld_epsilon([sgd, full], 1e-5), rel=0.03)
+    # the refit's share of the budget is paid by DP-SGD's noise, not taken on top of it
+    _, _, without = _train(toy_data, dp=DPConfig(target_epsilon=4.0, delta=1e-5), epochs=2)
+    assert report.noise_multiplier > without.noise_multiplier
+    assert without.head_refit_noise_multiplier is None
+
+
+def _refit(model, toy_data, sigma, steps=2, lr=0.03):  # type: ignore[no-untyped-def]
+    refit_class_vectors(
+        model,
+        toy_data,
+        HeadRefitConfig(steps=steps, learning_rate=lr),
+        DPEvent(sigma, 1.0, steps),
+        1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def test_head_refit_moves_only_the_class_vectors(toy_data) -> None:  # type: ignore[no-untyped-def]
+    model = build_model(ModelConfig(model="tiny"), LABELS3)
+    before = adapter_state(model)
+    _refit(model, toy_data, sigma=1.0)
+    after = adapter_state(model)
+    assert {n for n in before if not np.array_equal(before[n], after[n])} == {"head.prototypes"}
+    assert model.head.scale.requires_grad  # trainable again for the next round
+    assert not hasattr(model.head.prototypes, "grad_sample")  # Opacus let go of the head
+
+
+def test_head_refit_with_little_noise_fits_the_records(toy_data) -> None:  # type: ignore[no-untyped-def]
+    """σ₂ near 0: the refit is full-batch training of the class vectors on frozen embeddings,
+    so accuracy on the records it fits must rise well above the (tiny, random) encoder's
+    label-text prior."""
+    model = build_model(ModelConfig(model="tiny"), LABELS3)
+    start = evaluate(model, toy_data, 3).accuracy
+    _refit(model, toy_data, sigma=1e-3, steps=40, lr=0.1)
+    assert evaluate(model, toy_data, 3).accuracy > max(start + 0.2, 0.6)
+
+
+def test_head_refit_refuses_a_mismatched_event_or_a_linear_head(toy_data) -> None:  # type: ignore[no-untyped-def]
+    model = build_model(ModelConfig(model="tiny"), LABELS3)
+    with pytest.raises(ValueError, match="takes 2 full-batch steps"):
+        refit_class_vectors(
+            model,
+            toy_data,
+            HeadRefitConfig(steps=2),
+            DPEvent(1.0, 0.5, 2),
+            1.0,
+            generator=torch.Generator(),
+        )
+    linear = build_model(ModelConfig(model="tiny", head="linear"), LABELS3)
+    with pytest.raises(ValueError, match="prototype head"):
+        _refit(linear, toy_data, sigma=1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"noise_ratio": 0.0}, "noise_ratio must be > 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be > 0"),
+    ],
+)
+def test_head_refit_settings_are_validated(kwargs, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        HeadRefitConfig(**kwargs)
+    with pytest.raises(ValueError, match="only under DP"):
+        DPConfig(enabled=False, head_refit=HeadRefitConfig())
+
+
+def test_head_refit_noise_is_rho_times_dp_sgd_noise_on_the_full_sum() -> None:
+    # DP-SGD: σ = 0.6 on sums of q·N gradients, T = 100 steps → like one full-data sum with
+    # noise σ/(q·√T) = 0.6 / (0.02·10) = 3; the refit's 4 steps then get 2 · 3 · √4 = 12 each.
+    assert HeadRefitConfig(steps=4, noise_ratio=2.0).noise_multiplier(0.6, 0.02, 100) == (
+        pytest.approx(12.0)
+    )

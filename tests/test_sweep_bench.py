@@ -97,3 +97,37 @@ def test_base_overrides_are_typed_and_bad_ones_are_named() -> None:
         sweep.parse_base(["keep_optimizer_state=1"], base)
     with pytest.raises(ValueError, match="'warmup=3': expected axis=value"):
         sweep.parse_base(["warmup=3"], sweep.BASE)
+
+
+def test_central_trials_refit_the_head_as_fedlora_train_does_and_federated_ones_cannot(
+    tmp_path: Path,
+) -> None:
+    args = build_parser().parse_args(_argv(sweep.BASE, tmp_path))
+    assert (args.head_refit_steps, args.head_refit_noise_ratio) == (10, 1.0)
+    assert sweep.BASE.name().endswith("-hr10")
+    off = dataclasses.replace(sweep.BASE, head_refit_steps=0)
+    assert build_parser().parse_args(_argv(off, tmp_path)).head_refit_steps == 0
+    assert "-hr" not in off.name()  # the name every trial from before the refit carries
+    fed = build_parser().parse_args(_argv(sweep.FEDERATED_BASE, tmp_path))
+    assert fed.command == "sim" and not hasattr(fed, "head_refit_steps")
+    with pytest.raises(ValueError, match="do not refit"):
+        _argv(dataclasses.replace(sweep.FEDERATED_BASE, head_refit_steps=10), tmp_path)
+    ratios = [t.head_refit_noise_ratio for t in sweep.trials(["head_refit_noise_ratio"])]
+    assert ratios == [1.0, 0.7, 1.5]
+
+
+def test_a_result_from_before_the_refit_reads_as_no_refit() -> None:
+    old = {
+        "dataset": "banking77",
+        "trial": {k: v for k, v in dataclasses.asdict(sweep.BASE).items() if "refit" not in k},
+        "noise_multiplier": 0.587,
+        "epsilon": 7.9991,
+        "initial_accuracy": 0.6249,
+        "validation_accuracy": 0.8766,
+        "validation_macro_f1": 0.8732,
+        "wall_seconds": 366.0,
+    }
+    new = {**old, "trial": dataclasses.asdict(sweep.BASE), "validation_accuracy": 0.8915}
+    rows = sweep.format_table([old, new]).splitlines()[2:]
+    assert "| 10 steps, ρ 1 |" in rows[0] and "| 0.8915 |" in rows[0]
+    assert "| no |" in rows[1] and "| 0.8766 |" in rows[1]

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from client.adapter_io import load_adapter
+from client.training_config import HeadRefitConfig
 from privacy.accounting import format_epsilon
-from sim.cli import main
+from sim.cli import build_parser, main, train_job_from_args
 
 REQUIRED_KEYS = {
     "epsilon",
@@ -146,6 +147,37 @@ def test_help_teaches(capsys) -> None:  # type: ignore[no-untyped-def]
     assert "examples:" in text and "add/remove-one" in text and "--epsilon" in text
     # an unset option's help says what unset means; argparse's "(default: None)" would not
     assert "(default: None)" not in text and "δ (default: min(1e-5, 1/N))" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "refit"),
+    [
+        ((), HeadRefitConfig()),
+        (("--head-refit-steps", "4", "--head-refit-noise-ratio", "2"), HeadRefitConfig(4, 2.0)),
+        (("--head-refit-steps", "0"), None),
+        (("--no-dp",), None),
+        (("--head", "linear"), None),  # a linear head has no class vectors to refit
+    ],
+)
+def test_the_head_refit_is_on_by_default_under_dp_with_the_prototype_head(extra, refit) -> None:  # type: ignore[no-untyped-def]
+    args = build_parser().parse_args(["train", "--out", "x", *extra])
+    assert train_job_from_args(args).dp.head_refit == refit
+
+
+def test_a_negative_refit_step_count_is_named(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["train", "--out", "x", "--head-refit-steps", "-1"]) == 2
+    assert "--head-refit-steps must be >= 0 (0 turns the refit off), got -1" in (
+        capsys.readouterr().err
+    )
+
+
+def test_train_reports_the_head_refit_in_its_spend(tmp_path, bank_csv, capsys) -> None:  # type: ignore[no-untyped-def]
+    metrics = _train(tmp_path, bank_csv, "--epsilon", "4", "--head", "prototype")
+    assert metrics["head_refit_steps"] == HeadRefitConfig().steps
+    assert metrics["head_refit_noise_multiplier"] > metrics["noise_multiplier"]
+    assert 0 < metrics["epsilon"] <= 4.0
+    printed = capsys.readouterr().out
+    assert f"then a head refit of {HeadRefitConfig().steps} full-batch steps at σ = " in printed
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 
 from client.run_settings import SERVER_LR_UNDER_DP, SERVER_LR_WITHOUT_DP
+from client.training_config import HeadRefitConfig
 from sim.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +170,31 @@ def test_full_study_commands_use_the_test_file_heads_and_plan(data_root: Path) -
     estimate = utility.estimate_seconds(wide, medical, plan, varied)
     assert estimate == utility.estimate_seconds(capped, medical, plan, varied)
     assert estimate < utility.estimate_seconds(wide, uncapped, plan, varied)
+
+
+def test_centralized_dp_cells_refit_the_head_unless_a_cell_says_not(data_root: Path) -> None:
+    plan = utility.FULL_PLAN
+    banking = utility.DATASETS["banking77"]
+    pool = utility.load_pool(banking, plan, data_root, data_root / "out")
+
+    def argv(name: str) -> argparse.Namespace:
+        cell = utility.CELLS_BY_NAME[name]
+        return _parsed(utility.cell_argv(cell, banking, plan, pool, 0, Path("run")))
+
+    def settings(name: str) -> dict:  # type: ignore[type-arg]
+        cell = utility.CELLS_BY_NAME[name]
+        return utility.cell_settings(cell, banking, plan, pool, 0)["cell"]
+
+    # the refitting cells run fedlora train's own default, as issue #7's command does
+    assert argv("central-dp8").head_refit_steps == HeadRefitConfig().steps
+    assert argv("central-dp8-norefit").head_refit_steps == 0
+    assert argv("central-dp1-norefit").epsilon == 1.0
+    assert settings("central-dp8")["head_refit"] is True  # results from before it: stale
+    assert settings("central-dp8-norefit")["head_refit"] is False
+    # where fedlora train does not refit, the field is no setting (those results stay)
+    for name in ("central-nodp", "central-linear-dp8", "fed-dp8"):
+        assert "head_refit" not in settings(name)
+    assert utility.CELLS_BY_NAME["central-dp8-norefit"].describe().endswith(", no head refit")
 
 
 def test_quick_subsamples_both_files_and_writes_them(data_root: Path) -> None:
