@@ -81,9 +81,8 @@ class TrainingReport:
 
     @property
     def head_refit_noise_multiplier(self) -> float | None:
-        """σ₂ of the head refit, or ``None`` when the run had none."""
-        refits = [e for e in self.events[1:] if e.sample_rate == 1.0]
-        return refits[0].noise_multiplier if refits else None
+        """σ₂ of the head refit (the event after DP-SGD's), or ``None`` when the run had none."""
+        return self.events[1].noise_multiplier if len(self.events) > 1 else None
 
 
 def plan_steps(num_records: int, batch_size: int, epochs: int) -> StepPlan:
