@@ -278,7 +278,7 @@ class Cell:
         Whether ``fedlora train`` ends with its default head refit (a full-batch DP fit of
         the class vectors that shares the cell's ε); ``False`` passes
         ``--head-refit-steps 0``. It applies only where ``fedlora train`` refits: centralized
-        DP cells with the prototype head (:attr:`refits_head`).
+        DP cells with the prototype head (:attr:`applies_head_refit`).
     """
 
     name: str
@@ -291,11 +291,6 @@ class Cell:
     epoch_factor: int = 1
     node_batch_size: int | None = None
     head_refit: bool = True
-
-    @property
-    def refits_head(self) -> bool:
-        """Whether the command ends with a head refit (see ``head_refit``)."""
-        return self.head_refit and self.applies_head_refit
 
     @property
     def applies_head_refit(self) -> bool:
